@@ -1,0 +1,207 @@
+//! HTTP rules both sides apply identically: ETags, `If-None-Match`, accepted
+//! media types, and RFC 9457 problem bodies.
+//!
+//! The problem catalogue lives here so that the edge and the origin answer the
+//! same mistake with the same `type`, `title` and status, whichever of them
+//! catches it first.
+
+use serde::{Deserialize, Serialize};
+
+/// The media type of every error body.
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+/// The response header carrying an object's version as a decimal number.
+pub const VERSION_HEADER: &str = "x-prefold-version";
+/// The response header saying where the edge found an answer (`kv`, `origin`).
+pub const SOURCE_HEADER: &str = "x-prefold-source";
+
+/// The strong ETag of an object version.
+pub fn etag(version: u64) -> String {
+    format!("\"{version:x}\"")
+}
+
+/// Whether an `If-None-Match` header value matches a current ETag, so that
+/// a `GET` answers 304. Uses the weak comparison RFC 9110 §13.1.2 prescribes
+/// for this header: `W/"x"` matches `"x"`.
+pub fn if_none_match(header: &str, current_etag: &str) -> bool {
+    header.split(',').map(str::trim).any(|tag| {
+        tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == current_etag
+    })
+}
+
+/// Whether a `Content-Type` names JSON: `application/json` or any
+/// `application/*+json`, with or without parameters.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.strip_prefix("application/") {
+        Some(sub) => sub == "json" || (sub.ends_with("+json") && sub.len() > 5),
+        None => false,
+    }
+}
+
+/// Checks that a body is one well-formed JSON value, and says where it is not.
+pub fn check_json(body: &[u8]) -> Result<(), String> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(|e| format!("the body is not valid JSON: {e}"))
+}
+
+/// Every kind of error prefold reports to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The key breaks the grammar (400).
+    InvalidKey,
+    /// The body is not valid JSON (400).
+    MalformedJson,
+    /// No object under this key (404).
+    NotFound,
+    /// The method is not allowed on this resource (405).
+    MethodNotAllowed,
+    /// Body larger than the configured limit (413).
+    PayloadTooLarge,
+    /// Content type not accepted (415).
+    UnsupportedMediaType,
+    /// Something failed inside; details stay in the server log (500).
+    Internal,
+    /// The owner origin could not be reached in time (503).
+    OriginUnavailable,
+    /// The server is starting or stopping (503).
+    NotReady,
+}
+
+impl ProblemKind {
+    /// HTTP status code.
+    pub fn status(self) -> u16 {
+        match self {
+            ProblemKind::InvalidKey | ProblemKind::MalformedJson => 400,
+            ProblemKind::NotFound => 404,
+            ProblemKind::MethodNotAllowed => 405,
+            ProblemKind::PayloadTooLarge => 413,
+            ProblemKind::UnsupportedMediaType => 415,
+            ProblemKind::Internal => 500,
+            ProblemKind::OriginUnavailable | ProblemKind::NotReady => 503,
+        }
+    }
+
+    /// A short identifier, the tail of the problem `type` URI.
+    pub fn slug(self) -> &'static str {
+        match self {
+            ProblemKind::InvalidKey => "invalid-key",
+            ProblemKind::MalformedJson => "malformed-json",
+            ProblemKind::NotFound => "not-found",
+            ProblemKind::MethodNotAllowed => "method-not-allowed",
+            ProblemKind::PayloadTooLarge => "payload-too-large",
+            ProblemKind::UnsupportedMediaType => "unsupported-media-type",
+            ProblemKind::Internal => "internal",
+            ProblemKind::OriginUnavailable => "origin-unavailable",
+            ProblemKind::NotReady => "not-ready",
+        }
+    }
+
+    /// The fixed human-readable summary.
+    pub fn title(self) -> &'static str {
+        match self {
+            ProblemKind::InvalidKey => "Invalid key",
+            ProblemKind::MalformedJson => "Malformed JSON body",
+            ProblemKind::NotFound => "No such object",
+            ProblemKind::MethodNotAllowed => "Method not allowed",
+            ProblemKind::PayloadTooLarge => "Body too large",
+            ProblemKind::UnsupportedMediaType => "Unsupported media type",
+            ProblemKind::Internal => "Internal error",
+            ProblemKind::OriginUnavailable => "Origin unavailable",
+            ProblemKind::NotReady => "Not ready",
+        }
+    }
+}
+
+/// An RFC 9457 problem details object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// A URI naming the problem kind: `urn:prefold:problem:{slug}`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Summary of the kind; the same for every occurrence.
+    pub title: String,
+    /// The HTTP status, repeated for clients that lose it.
+    pub status: u16,
+    /// What went wrong in this occurrence. Never internal error text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Problem {
+    /// A problem of a kind, with an occurrence-specific detail.
+    pub fn new(kind: ProblemKind, detail: impl Into<Option<String>>) -> Problem {
+        Problem {
+            kind: format!("urn:prefold:problem:{}", kind.slug()),
+            title: kind.title().to_owned(),
+            status: kind.status(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> String {
+        // A struct of strings and an integer always serializes.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_and_if_none_match() {
+        let t = etag(255);
+        assert_eq!(t, "\"ff\"");
+        assert!(if_none_match("\"ff\"", &t));
+        assert!(if_none_match("W/\"ff\"", &t));
+        assert!(if_none_match("\"aa\", \"ff\"", &t));
+        assert!(if_none_match("*", &t));
+        assert!(!if_none_match("\"fe\"", &t));
+        assert!(!if_none_match("ff", &t));
+        assert!(!if_none_match("", &t));
+    }
+
+    #[test]
+    fn json_media_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+            "application/ld+json ;x=y",
+        ] {
+            assert!(is_json_media_type(ok), "{ok}");
+        }
+        for bad in ["text/plain", "application/jsonx", "application/+json", "json", ""] {
+            assert!(!is_json_media_type(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_bodies() {
+        assert!(check_json(br#"{"a":[1,2,{"b":null}]}"#).is_ok());
+        assert!(check_json(b"42").is_ok());
+        let e = check_json(b"{\"a\":").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+        assert!(check_json(b"").is_err());
+        assert!(check_json(b"{} {}").is_err());
+    }
+
+    #[test]
+    fn problem_shape() {
+        let p = Problem::new(ProblemKind::InvalidKey, Some("segment 1 is empty".into()));
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v["type"], "urn:prefold:problem:invalid-key");
+        assert_eq!(v["status"], 400);
+        assert_eq!(v["title"], "Invalid key");
+        assert_eq!(v["detail"], "segment 1 is empty");
+        let bare = Problem::new(ProblemKind::Internal, None);
+        assert!(!bare.to_json().contains("detail"));
+    }
+}

@@ -1,0 +1,28 @@
+//! Opening the object store named by the configuration.
+//!
+//! All backends go through the `object_store` crate, so the rest of the
+//! origin sees one `Arc<dyn ObjectStore>` whatever is behind it.
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::ObjectStore;
+
+use crate::config::{Config, StoreKind};
+use crate::error::StoreError;
+
+/// Opens the configured store, creating the local directory if needed.
+pub fn open(config: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    Ok(match config.store {
+        StoreKind::Fs => {
+            let dir = config.data.join("store");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
+            Arc::new(LocalFileSystem::new_with_prefix(&dir)?)
+        }
+        StoreKind::S3 => Arc::new(AmazonS3Builder::from_env().build()?),
+        StoreKind::Memory => Arc::new(InMemory::new()),
+    })
+}
