@@ -417,7 +417,8 @@ async fn call_origin(
         Ok::<_, worker::Error>((resp, body))
     });
     let timer = Delay::from(Duration::from_millis(u64::from(timeout_ms)));
-    match select(call, timer).await {
+    let outcome = select(call, timer).await;
+    match outcome {
         Either::Left((Ok(done), _)) => Ok(done),
         Either::Left((Err(e), _)) => Err(EdgeError::OriginUnreachable {
             origin: origin.to_owned(),

@@ -1,1 +1,328 @@
-//! placeholder
+//! Harness for prefold's end-to-end tests: real processes, real ports.
+//!
+//! [`OriginProc`] starts the `prefold-origin` binary on `127.0.0.1:0` and learns
+//! its port from the first line it prints; [`EdgeProc`] starts `wrangler dev`
+//! on free ports with its own KV state directory and an origin list pointing
+//! at the test's origins. Both wait for readiness by polling (`/readyz`,
+//! `/healthz`) with a deadline, never by sleeping a fixed time, and both are
+//! killed with their whole process group when dropped, so a failing test
+//! leaves nothing running.
+//!
+//! [`raw`] sends a request whose path is put on the wire exactly as given:
+//! URL libraries normalize `..` and percent-encoding, which would hide exactly
+//! the malformed keys the tests need to send.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, StatusCode};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The origin binary: `PREFOLD_ORIGIN_BIN`, or the workspace's debug build.
+pub fn origin_bin() -> PathBuf {
+    std::env::var_os("PREFOLD_ORIGIN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug/prefold-origin"))
+}
+
+/// A loopback port nobody is listening on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// An HTTP client for well-formed requests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ok_status(url: &str) -> bool {
+    matches!(client().get(url).send().await, Ok(r) if r.status().is_success())
+}
+
+/// A running `prefold-origin`.
+pub struct OriginProc {
+    child: Option<Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its `--data` directory.
+    pub data: PathBuf,
+    log: PathBuf,
+}
+
+impl OriginProc {
+    /// Starts an origin on a free port with the embedded store under `data`,
+    /// and waits until `/readyz` says 200.
+    pub async fn start(data: &Path, extra: &[&str]) -> Result<OriginProc> {
+        std::fs::create_dir_all(data)?;
+        let log = data.join(format!("origin-{}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log)?;
+        let mut child = Command::new(origin_bin())
+            .args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .env("PREFOLD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", origin_bin().display()))?;
+        let stdout = child.stdout.take().context("origin stdout")?;
+        // The first line names the address; reading it blocks, so do it off
+        // the async runtime.
+        let line = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut line = String::new();
+            std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        })
+        .await??;
+        let addr: SocketAddr = line
+            .trim()
+            .strip_prefix("prefold-origin listening on http://")
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .parse()?;
+        let origin = OriginProc {
+            child: Some(child),
+            addr,
+            data: data.to_path_buf(),
+            log,
+        };
+        let ready = format!("{}/readyz", origin.url());
+        poll("origin /readyz", Duration::from_secs(30), || async {
+            ok_status(&ready).await.then_some(())
+        })
+        .await
+        .with_context(|| origin.log_tail())?;
+        Ok(origin)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        format!("origin log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    }
+
+    /// Sends SIGTERM and waits for the process to exit (30 s at most).
+    pub async fn stop(mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        killpg(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+        let status = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::task::spawn_blocking(move || child.wait()),
+        )
+        .await
+        .context("origin did not exit within 30 s of SIGTERM")???;
+        Ok(status)
+    }
+}
+
+impl Drop for OriginProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running `wrangler dev` serving the edge Worker.
+pub struct EdgeProc {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _state: tempfile::TempDir,
+}
+
+impl EdgeProc {
+    /// Starts `wrangler dev` with `PREFOLD_ORIGINS` and extra `--var`s, and
+    /// waits until `/healthz` answers. The edge must have been built already
+    /// (`make test` does it; see `scripts/build-edge.sh`).
+    pub async fn start(origins: &str, vars: &[(&str, &str)]) -> Result<EdgeProc> {
+        let root = repo_root();
+        if !root.join("edge/build/index.js").exists() {
+            bail!("edge/build/index.js is missing: build the edge first (`make test` does)");
+        }
+        let state = tempfile::tempdir()?;
+        let port = free_port();
+        let inspector = free_port();
+        let log = state.path().join("wrangler.log");
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(root.join("node_modules/.bin/wrangler"));
+        cmd.current_dir(&root)
+            .args(["dev", "--ip", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .arg("--inspector-port")
+            .arg(inspector.to_string())
+            .arg("--persist-to")
+            .arg(state.path().join("kv"))
+            .arg("--var")
+            .arg(format!("PREFOLD_ORIGINS:{origins}"));
+        for (name, value) in vars {
+            cmd.arg("--var").arg(format!("{name}:{value}"));
+        }
+        let child = cmd
+            .env("PREFOLD_EDGE_PREBUILT", "1")
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("CI", "true")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .context("starting wrangler dev (run `npm ci`)")?;
+        let edge = EdgeProc {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+            _state: state,
+        };
+        let health = format!("{}/healthz", edge.url());
+        poll("wrangler dev /healthz", Duration::from_secs(90), || async {
+            ok_status(&health).await.then_some(())
+        })
+        .await
+        .with_context(|| edge.log_tail())?;
+        Ok(edge)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The last lines wrangler printed, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        format!("wrangler log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    }
+}
+
+impl Drop for EdgeProc {
+    fn drop(&mut self) {
+        // wrangler starts workerd as a child: end the whole group.
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A response to a [`raw`] request.
+#[derive(Debug)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl RawResponse {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends one HTTP/1.1 request with `path` on the wire byte for byte.
+pub async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<RawResponse> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let req = req.body(Full::new(Bytes::copy_from_slice(body)))?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Every regular file under a directory (recursively), as paths.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
