@@ -141,12 +141,21 @@ mod tests {
             (VAR_ORIGIN_TIMEOUT_MS, "soon"),
         ]))
         .unwrap_err();
-        assert!(e.to_string().starts_with("PREFOLD_ORIGIN_TIMEOUT_MS"), "{e}");
+        assert!(
+            e.to_string().starts_with("PREFOLD_ORIGIN_TIMEOUT_MS"),
+            "{e}"
+        );
         let e = EdgeConfig::from_lookup(lookup(&[
             (VAR_ORIGINS, "a=http://x"),
             (VAR_MAX_BODY_BYTES, "999999999"),
         ]))
         .unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { reason: "out of range", .. }));
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                reason: "out of range",
+                ..
+            }
+        ));
     }
 }

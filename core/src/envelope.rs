@@ -152,21 +152,38 @@ mod tests {
 
     #[test]
     fn empty_body_and_content_type() {
-        let e = Envelope { version: 1, content_type: "", body: b"" };
+        let e = Envelope {
+            version: 1,
+            content_type: "",
+            body: b"",
+        };
         assert_eq!(Envelope::decode(&e.encode().unwrap()).unwrap(), e);
     }
 
     #[test]
     fn rejects_bad_records() {
         assert_eq!(Envelope::decode(b"PF"), Err(EnvelopeError::Truncated));
-        assert_eq!(Envelope::decode(b"XXXX\x01rest"), Err(EnvelopeError::BadMagic));
-        assert_eq!(Envelope::decode(b"PFLD\x09rest"), Err(EnvelopeError::UnknownFormat(9)));
-        assert_eq!(Envelope::decode(b"PFLD\x01\0\0\0"), Err(EnvelopeError::Truncated));
+        assert_eq!(
+            Envelope::decode(b"XXXX\x01rest"),
+            Err(EnvelopeError::BadMagic)
+        );
+        assert_eq!(
+            Envelope::decode(b"PFLD\x09rest"),
+            Err(EnvelopeError::UnknownFormat(9))
+        );
+        assert_eq!(
+            Envelope::decode(b"PFLD\x01\0\0\0"),
+            Err(EnvelopeError::Truncated)
+        );
         let mut short_ct = b"PFLD\x01\0\0\0\0\0\0\0\x01\x05ab".to_vec();
         assert_eq!(Envelope::decode(&short_ct), Err(EnvelopeError::Truncated));
         short_ct.truncate(3);
         let long = "a".repeat(256);
-        let e = Envelope { version: 1, content_type: &long, body: b"" };
+        let e = Envelope {
+            version: 1,
+            content_type: &long,
+            body: b"",
+        };
         assert_eq!(e.encode(), Err(EnvelopeError::BadContentType));
     }
 

@@ -23,9 +23,10 @@ pub fn etag(version: u64) -> String {
 /// a `GET` answers 304. Uses the weak comparison RFC 9110 §13.1.2 prescribes
 /// for this header: `W/"x"` matches `"x"`.
 pub fn if_none_match(header: &str, current_etag: &str) -> bool {
-    header.split(',').map(str::trim).any(|tag| {
-        tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == current_etag
-    })
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == current_etag)
 }
 
 /// Whether a `Content-Type` names JSON: `application/json` or any
@@ -178,7 +179,13 @@ mod tests {
         ] {
             assert!(is_json_media_type(ok), "{ok}");
         }
-        for bad in ["text/plain", "application/jsonx", "application/+json", "json", ""] {
+        for bad in [
+            "text/plain",
+            "application/jsonx",
+            "application/+json",
+            "json",
+            "",
+        ] {
             assert!(!is_json_media_type(bad), "{bad}");
         }
     }

@@ -213,7 +213,13 @@ mod tests {
 
     #[test]
     fn accepts_the_grammar() {
-        for ok in ["user/1", "a-b.c_d~e/X9", "event/42/comments/p2", "t/..a", "t/a.."] {
+        for ok in [
+            "user/1",
+            "a-b.c_d~e/X9",
+            "event/42/comments/p2",
+            "t/..a",
+            "t/a..",
+        ] {
             assert_eq!(Key::parse(ok).map(|k| k.to_string()).as_deref(), Ok(ok));
         }
     }
@@ -245,11 +251,41 @@ mod tests {
             ("user/a%7F", ControlCharacter { position: 6 }),
             ("user/a%zz", BadPercentEncoding { position: 6 }),
             ("user/a%2", BadPercentEncoding { position: 6 }),
-            ("user/a b", InvalidCharacter { found: ' ', position: 6 }),
-            ("user/a\\b", InvalidCharacter { found: '\\', position: 6 }),
-            ("user/a%20b", InvalidCharacter { found: ' ', position: 6 }),
-            ("user/é", InvalidCharacter { found: 'é', position: 5 }),
-            ("user/a?b", InvalidCharacter { found: '?', position: 6 }),
+            (
+                "user/a b",
+                InvalidCharacter {
+                    found: ' ',
+                    position: 6,
+                },
+            ),
+            (
+                "user/a\\b",
+                InvalidCharacter {
+                    found: '\\',
+                    position: 6,
+                },
+            ),
+            (
+                "user/a%20b",
+                InvalidCharacter {
+                    found: ' ',
+                    position: 6,
+                },
+            ),
+            (
+                "user/é",
+                InvalidCharacter {
+                    found: 'é',
+                    position: 5,
+                },
+            ),
+            (
+                "user/a?b",
+                InvalidCharacter {
+                    found: '?',
+                    position: 6,
+                },
+            ),
         ];
         for (raw, want) in cases {
             assert_eq!(Key::parse(raw).as_ref(), Err(want), "key {raw:?}");
@@ -261,7 +297,12 @@ mod tests {
         let at_limit = format!("t/{}", "a".repeat(MAX_KEY_BYTES - 2));
         assert!(Key::parse(&at_limit).is_ok());
         let over = format!("t/{}", "a".repeat(MAX_KEY_BYTES - 1));
-        assert_eq!(Key::parse(&over), Err(KeyError::TooLong { len: MAX_KEY_BYTES + 1 }));
+        assert_eq!(
+            Key::parse(&over),
+            Err(KeyError::TooLong {
+                len: MAX_KEY_BYTES + 1
+            })
+        );
         // Encoded form may be longer than the limit when it decodes within it.
         let encoded = format!("t/{}", "%61".repeat(MAX_KEY_BYTES - 2));
         assert_eq!(Key::parse(&encoded).unwrap().as_str(), at_limit);

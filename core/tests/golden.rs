@@ -44,7 +44,13 @@ fn origin_sets() -> Vec<Vec<String>> {
     vec![
         named(1),
         named(3),
-        vec!["fra".into(), "iad".into(), "sin".into(), "syd".into(), "gru".into()],
+        vec![
+            "fra".into(),
+            "iad".into(),
+            "sin".into(),
+            "syd".into(),
+            "gru".into(),
+        ],
         named(10),
         named(100),
     ]

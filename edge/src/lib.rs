@@ -85,7 +85,9 @@ impl EdgeError {
             EdgeError::BadKey(e) => (ProblemKind::InvalidKey, Some(e.to_string()), None),
             EdgeError::UnsupportedMediaType(ct) => (
                 ProblemKind::UnsupportedMediaType,
-                Some(format!("content type {ct:?} is not JSON; send application/json")),
+                Some(format!(
+                    "content type {ct:?} is not JSON; send application/json"
+                )),
                 None,
             ),
             EdgeError::TooLarge { limit } => (
@@ -255,10 +257,7 @@ async fn get_object(
     key: Key,
 ) -> Result<Response, EdgeError> {
     let kv = env.kv(KV_BINDING)?;
-    let (value, meta) = kv
-        .get(key.as_str())
-        .bytes_with_metadata::<KvMeta>()
-        .await?;
+    let (value, meta) = kv.get(key.as_str()).bytes_with_metadata::<KvMeta>().await?;
     if let (Some(body), Some(meta)) = (value, meta) {
         if let Ok(version) = meta.v.parse::<u64>() {
             return object_response(req, body, &meta.ct, version, "kv");
@@ -268,8 +267,12 @@ async fn get_object(
 
     let owner = cfg.origins.owner(&key);
     let url = format!("{}/o/{}", owner.url, key.as_str());
-    let (resp, body) =
-        call_origin(Request::new(&url, Method::Get)?, &owner.name, cfg.origin_timeout_ms).await?;
+    let (resp, body) = call_origin(
+        Request::new(&url, Method::Get)?,
+        &owner.name,
+        cfg.origin_timeout_ms,
+    )
+    .await?;
     match resp.status_code() {
         200 => {
             let version = header_version(&resp, &owner.name)?;
@@ -342,7 +345,12 @@ async fn put_object(
     // The origin's answer (success, or a client error with its problem body)
     // goes back as it came.
     let out = Headers::new();
-    for name in ["content-type", "etag", VERSION_HEADER, "x-prefold-durability"] {
+    for name in [
+        "content-type",
+        "etag",
+        VERSION_HEADER,
+        "x-prefold-durability",
+    ] {
         if let Some(v) = resp.headers().get(name)? {
             out.set(name, &v)?;
         }
@@ -390,7 +398,10 @@ fn fill_kv(
             v: version.to_string(),
             ct: content_type,
         };
-        let put = match kv.put_bytes(key.as_str(), &body).and_then(|p| p.metadata(meta)) {
+        let put = match kv
+            .put_bytes(key.as_str(), &body)
+            .and_then(|p| p.metadata(meta))
+        {
             Ok(put) => put.execute().await,
             Err(e) => Err(e),
         };

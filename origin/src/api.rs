@@ -106,7 +106,9 @@ impl IntoResponse for ApiError {
             ApiError::BadKey(e) => (ProblemKind::InvalidKey, Some(e.to_string())),
             ApiError::UnsupportedMediaType(ct) => (
                 ProblemKind::UnsupportedMediaType,
-                Some(format!("content type {ct:?} is not JSON; send application/json")),
+                Some(format!(
+                    "content type {ct:?} is not JSON; send application/json"
+                )),
             ),
             ApiError::TooLarge { limit } => (
                 ProblemKind::PayloadTooLarge,
@@ -133,7 +135,10 @@ impl IntoResponse for ApiError {
             StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, Problem::new(kind, detail).to_json()).into_response();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
             ApiError::MethodNotAllowed => {
@@ -198,7 +203,10 @@ async fn get_object(
     };
     let h = resp.headers_mut();
     version_headers(h, &object);
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHE_CONTROL),
+    );
     Ok(resp)
 }
 
@@ -240,7 +248,9 @@ async fn put_object(
         .unwrap_or_default();
     // The stored envelope keeps at most 255 bytes of content type.
     if !is_json_media_type(ct) || ct.len() > 255 {
-        return Err(ApiError::UnsupportedMediaType(ct.chars().take(64).collect()));
+        return Err(ApiError::UnsupportedMediaType(
+            ct.chars().take(64).collect(),
+        ));
     }
     let limit = state.0.max_body_bytes;
     let declared = headers

@@ -143,7 +143,10 @@ impl Flusher {
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(20);
         while !self.dirty.is_empty() {
-            tracing::info!(pending = self.dirty.len(), "flushing pending writes before exit");
+            tracing::info!(
+                pending = self.dirty.len(),
+                "flushing pending writes before exit"
+            );
             match tokio::time::timeout_at(deadline, self.flush_round()).await {
                 Ok(0) => {}
                 Ok(_) => {

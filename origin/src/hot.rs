@@ -101,7 +101,9 @@ impl HotTier {
             .max_capacity(capacity_bytes)
             .weigher(|key: &Key, slot: &Slot| {
                 // Keys, bodies and a rough allowance for the bookkeeping.
-                let body = slot.as_ref().map_or(0, |o| o.body.len() + o.content_type.len());
+                let body = slot
+                    .as_ref()
+                    .map_or(0, |o| o.body.len() + o.content_type.len());
                 u32::try_from(key.as_str().len() + body + 96).unwrap_or(u32::MAX)
             })
             .build();
@@ -220,7 +222,10 @@ mod tests {
             body: Bytes::copy_from_slice(body),
         };
         store
-            .put(&Path::from(object_path(key)), PutPayload::from(o.encode().unwrap()))
+            .put(
+                &Path::from(object_path(key)),
+                PutPayload::from(o.encode().unwrap()),
+            )
             .await
             .unwrap();
     }
@@ -258,9 +263,15 @@ mod tests {
         let key = Key::parse("user/2").unwrap();
         seed(&store, &key, 1_000, b"{}").await;
         let body = Bytes::from_static(b"{}");
-        let a = hot.put(key.clone(), "application/json".into(), body.clone(), 10).await.unwrap();
+        let a = hot
+            .put(key.clone(), "application/json".into(), body.clone(), 10)
+            .await
+            .unwrap();
         assert_eq!((a.object.version, a.created), (1_001, false));
-        let b = hot.put(key.clone(), "application/json".into(), body, 5_000).await.unwrap();
+        let b = hot
+            .put(key.clone(), "application/json".into(), body, 5_000)
+            .await
+            .unwrap();
         assert_eq!(b.object.version, 5_000);
     }
 
@@ -269,9 +280,14 @@ mod tests {
         let (hot, store, dirty) = tier(1 << 20);
         let key = Key::parse("user/3").unwrap();
         seed(&store, &key, 1, b"\"old\"").await;
-        hot.put(key.clone(), "application/json".into(), Bytes::from_static(b"\"new\""), 2)
-            .await
-            .unwrap();
+        hot.put(
+            key.clone(),
+            "application/json".into(),
+            Bytes::from_static(b"\"new\""),
+            2,
+        )
+        .await
+        .unwrap();
         hot.clear();
         let got = hot.get(&key).await.unwrap().unwrap();
         assert_eq!(&got.body[..], b"\"new\"");
@@ -283,9 +299,15 @@ mod tests {
         let (hot, store, _) = tier(1 << 20);
         let key = Key::parse("user/4").unwrap();
         store
-            .put(&Path::from(object_path(&key)), PutPayload::from_static(b"garbage"))
+            .put(
+                &Path::from(object_path(&key)),
+                PutPayload::from_static(b"garbage"),
+            )
             .await
             .unwrap();
-        assert!(matches!(hot.get(&key).await, Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            hot.get(&key).await,
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

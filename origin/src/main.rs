@@ -5,7 +5,7 @@
 //! 127.0.0.1:0` learn the port it got. Logs go to standard error
 //! (`PREFOLD_LOG`, e.g. `debug` or `prefold_origin=trace`).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             EnvFilter::try_from_env("PREFOLD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let origin = Origin::new(&config).context("opening the store")?;

@@ -76,8 +76,30 @@ where
     }
 }
 
-async fn ok_status(url: &str) -> bool {
-    matches!(client().get(url).send().await, Ok(r) if r.status().is_success())
+/// Polls `url` until it answers 2xx; on timeout the error carries the tail
+/// of the process's log.
+async fn wait_ok(url: &str, timeout: Duration, log: &Path) -> Result<()> {
+    poll(url, timeout, || async {
+        matches!(client().get(url).send().await, Ok(r) if r.status().is_success()).then_some(())
+    })
+    .await
+    .with_context(|| tail(log))
+}
+
+/// The last 40 lines of a log file.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(40);
+    format!(
+        "{} (last lines):
+{}",
+        log.display(),
+        lines[from..].join(
+            "
+"
+        )
+    )
 }
 
 /// A running `prefold-origin`.
@@ -113,7 +135,9 @@ impl OriginProc {
         let line = tokio::task::spawn_blocking(move || {
             use std::io::BufRead;
             let mut line = String::new();
-            std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map(|_| line)
         })
         .await??;
         let addr: SocketAddr = line
@@ -128,23 +152,13 @@ impl OriginProc {
             log,
         };
         let ready = format!("{}/readyz", origin.url());
-        poll("origin /readyz", Duration::from_secs(30), || async {
-            ok_status(&ready).await.then_some(())
-        })
-        .await
-        .with_context(|| origin.log_tail())?;
+        wait_ok(&ready, Duration::from_secs(30), &origin.log).await?;
         Ok(origin)
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(30).collect();
-        format!("origin log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
     }
 
     /// Sends SIGTERM and waits for the process to exit (30 s at most).
@@ -223,11 +237,7 @@ impl EdgeProc {
             _state: state,
         };
         let health = format!("{}/healthz", edge.url());
-        poll("wrangler dev /healthz", Duration::from_secs(90), || async {
-            ok_status(&health).await.then_some(())
-        })
-        .await
-        .with_context(|| edge.log_tail())?;
+        wait_ok(&health, Duration::from_secs(90), &edge.log).await?;
         Ok(edge)
     }
 
@@ -238,9 +248,7 @@ impl EdgeProc {
 
     /// The last lines wrangler printed, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
-        format!("wrangler log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        tail(&self.log)
     }
 }
 

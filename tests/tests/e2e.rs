@@ -40,16 +40,25 @@ async fn a_write_through_the_edge_is_read_everywhere_and_then_served_from_kv() -
     let put = put_json(&format!("{}/o/page/home", edge.url()), &object).await?;
     assert_eq!(put.status(), 201, "{}", edge.log_tail());
     let etag = header(&put, "etag");
-    assert!(etag.starts_with('"') && etag.len() > 2, "strong etag {etag:?}");
+    assert!(
+        etag.starts_with('"') && etag.len() > 2,
+        "strong etag {etag:?}"
+    );
     let ack: Value = put.json().await?;
     assert_eq!(ack["key"], "page/home");
 
     // Through the edge and straight from the owner: same bytes, same ETag.
-    let via_edge = client().get(format!("{}/o/page/home", edge.url())).send().await?;
+    let via_edge = client()
+        .get(format!("{}/o/page/home", edge.url()))
+        .send()
+        .await?;
     assert_eq!(via_edge.status(), 200);
     assert_eq!(header(&via_edge, "etag"), etag);
     assert_eq!(via_edge.json::<Value>().await?, object);
-    let direct = client().get(format!("{}/o/page/home", origin.url())).send().await?;
+    let direct = client()
+        .get(format!("{}/o/page/home", origin.url()))
+        .send()
+        .await?;
     assert_eq!(direct.status(), 200);
     assert_eq!(header(&direct, "etag"), etag);
     assert_eq!(header(&direct, "content-type"), JSON);
@@ -73,7 +82,11 @@ async fn a_write_through_the_edge_is_read_everywhere_and_then_served_from_kv() -
     assert_eq!(r.json::<Value>().await?, object);
 
     // Conditional read at the edge: 304 with the ETag, no body.
-    let r = client().get(&url).header("if-none-match", &etag).send().await?;
+    let r = client()
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await?;
     assert_eq!(r.status(), 304);
     assert_eq!(header(&r, "etag"), etag);
     assert!(r.bytes().await?.is_empty());
@@ -86,7 +99,10 @@ async fn a_write_through_the_edge_is_read_everywhere_and_then_served_from_kv() -
 
     // A key KV does not have now needs the origin, which is down: a prompt 503
     // with Retry-After, not a hang and not a 500.
-    let r = client().get(format!("{}/o/page/other", edge.url())).send().await?;
+    let r = client()
+        .get(format!("{}/o/page/other", edge.url()))
+        .send()
+        .await?;
     assert_eq!(r.status(), 503);
     assert_eq!(header(&r, "retry-after"), "1");
     assert_eq!(header(&r, "content-type"), "application/problem+json");
@@ -111,7 +127,10 @@ async fn after_a_restart_objects_are_loaded_back_from_the_store() -> Result<()> 
         etags.push(e2);
     }
     let status = origin.stop().await?;
-    assert!(status.success(), "graceful stop flushes and exits 0: {status:?}");
+    assert!(
+        status.success(),
+        "graceful stop flushes and exits 0: {status:?}"
+    );
     // Every object is in the store, once (two writes of a key, one object).
     assert_eq!(files_under(&dir.path().join("store")).len(), 20);
 
@@ -122,11 +141,18 @@ async fn after_a_restart_objects_are_loaded_back_from_the_store() -> Result<()> 
         assert_eq!(r.status(), 200);
         assert_eq!(&header(&r, "etag"), etag);
         assert_eq!(r.json::<Value>().await?, json!({"i": i, "v": "second"}));
-        let r = client().get(&url).header("if-none-match", etag).send().await?;
+        let r = client()
+            .get(&url)
+            .header("if-none-match", etag)
+            .send()
+            .await?;
         assert_eq!(r.status(), 304);
         assert_eq!(&header(&r, "etag"), etag);
     }
-    let r = client().get(format!("{}/o/item/missing", origin.url())).send().await?;
+    let r = client()
+        .get(format!("{}/o/item/missing", origin.url()))
+        .send()
+        .await?;
     assert_eq!(r.status(), 404);
     assert_eq!(header(&r, "content-type"), "application/problem+json");
     Ok(())
@@ -153,7 +179,11 @@ const BAD_KEYS: &[(&str, &str)] = &[
 
 fn assert_problem(r: &prefold_e2e::RawResponse, status: u16, slug: &str, ctx: &str) {
     assert_eq!(r.status.as_u16(), status, "{ctx}: {:?}", r.body);
-    assert_eq!(r.header("content-type"), Some("application/problem+json"), "{ctx}");
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{ctx}"
+    );
     let p = r.json();
     assert_eq!(p["status"], status, "{ctx}");
     assert_eq!(p["type"], format!("urn:prefold:problem:{slug}"), "{ctx}");
@@ -161,8 +191,7 @@ fn assert_problem(r: &prefold_e2e::RawResponse, status: u16, slug: &str, ctx: &s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_get_precise_problems_from_edge_and_origin_and_write_nothing() -> Result<()>
-{
+async fn bad_requests_get_precise_problems_from_edge_and_origin_and_write_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let origin = OriginProc::start(dir.path(), &["--max-body-bytes", "1024"]).await?;
     let edge = EdgeProc::start(
@@ -171,14 +200,22 @@ async fn bad_requests_get_precise_problems_from_edge_and_origin_and_write_nothin
     )
     .await?;
     let long = format!("/o/user/{}", "a".repeat(600));
-    let mut bad: Vec<(String, &str)> = BAD_KEYS.iter().map(|(p, w)| ((*p).to_owned(), *w)).collect();
+    let mut bad: Vec<(String, &str)> = BAD_KEYS
+        .iter()
+        .map(|(p, w)| ((*p).to_owned(), *w))
+        .collect();
     bad.push((long, "longer than 512 bytes"));
 
     for server in [edge.addr, origin.addr] {
         for (path, why) in &bad {
             for method in ["GET", "PUT"] {
                 let r = raw(server, method, path, Some(JSON), b"{\"x\":1}").await?;
-                assert_problem(&r, 400, "invalid-key", &format!("{method} {path} ({why}) at {server}"));
+                assert_problem(
+                    &r,
+                    400,
+                    "invalid-key",
+                    &format!("{method} {path} ({why}) at {server}"),
+                );
             }
         }
         let ctx = format!("at {server}");
@@ -212,7 +249,14 @@ async fn bad_requests_get_precise_problems_from_edge_and_origin_and_write_nothin
 
     // Control: the same check does see a write that was accepted.
     let origin = OriginProc::start(dir.path(), &[]).await?;
-    let r = raw(origin.addr, "PUT", "/o/user/1", Some(JSON), b"{\"ok\":true}").await?;
+    let r = raw(
+        origin.addr,
+        "PUT",
+        "/o/user/1",
+        Some(JSON),
+        b"{\"ok\":true}",
+    )
+    .await?;
     assert_eq!(r.status, 201);
     origin.stop().await?;
     assert_eq!(files_under(&dir.path().join("store")).len(), 1);
@@ -229,7 +273,11 @@ async fn the_wasm_edge_routes_exactly_like_the_native_code() -> Result<()> {
     for i in 0..60 {
         let raw_key = format!("event/{i}-x~{}", i * 7919);
         let key = Key::parse(&raw_key)?;
-        let want: Vec<String> = native.preference(&key).iter().map(|o| o.name.clone()).collect();
+        let want: Vec<String> = native
+            .preference(&key)
+            .iter()
+            .map(|o| o.name.clone())
+            .collect();
         let r = client()
             .get(format!("{}/_prefold/route/{raw_key}", edge.url()))
             .send()
