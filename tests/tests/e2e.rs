@@ -114,7 +114,8 @@ async fn a_write_through_the_edge_is_read_everywhere_and_then_served_from_kv() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_objects_are_loaded_back_from_the_store() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let origin = OriginProc::start(dir.path(), &[]).await?;
+    // A flush window longer than the test: only the shutdown drain can store.
+    let origin = OriginProc::start(dir.path(), &["--flush-interval-ms", "3600000"]).await?;
     let mut etags = Vec::new();
     for i in 0..20 {
         let url = format!("{}/o/item/{i}", origin.url());
@@ -126,6 +127,8 @@ async fn after_a_restart_objects_are_loaded_back_from_the_store() -> Result<()> 
         assert_ne!(e1, e2, "a new version has a new ETag");
         etags.push(e2);
     }
+    // Acknowledged from memory: nothing has reached the store yet.
+    assert!(files_under(&dir.path().join("store")).is_empty());
     let status = origin.stop().await?;
     assert!(
         status.success(),
