@@ -12,7 +12,7 @@ export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: run test tools edge lint unit wasm e2e bench
+.PHONY: run test tools edge lint unit wasm e2e bench bench-full bench-prep
 
 ## make run: origin on 127.0.0.1:8080 (embedded store in ./data), edge under
 ## wrangler dev on 127.0.0.1:8787. Ctrl-C stops both cleanly.
@@ -54,5 +54,16 @@ e2e: edge
 	cargo build -p prefold-origin --locked
 	PREFOLD_EDGE_PREBUILT=1 cargo test -p prefold-e2e --test e2e --locked
 
-bench:
-	@echo "The benchmark harness arrives with its own issue; nothing to run yet."
+## make bench: every benchmark, quick (under 5 minutes); make bench-full: the
+## long run whose results are committed. Both write bench/results/latest.md.
+bench: bench-prep
+	cargo bench --locked -p prefold-bench --bench micro -- --warm-up-time 1 --measurement-time 2
+	PREFOLD_ORIGIN_BIN=$(CURDIR)/target/release/prefold-origin target/release/prefold-bench
+
+bench-full: bench-prep
+	cargo bench --locked -p prefold-bench --bench micro -- --warm-up-time 3 --measurement-time 5
+	PREFOLD_ORIGIN_BIN=$(CURDIR)/target/release/prefold-origin target/release/prefold-bench --full
+
+bench-prep: tools edge
+	scripts/bench-tools.sh
+	cargo build --release --locked -p prefold-origin -p prefold-bench

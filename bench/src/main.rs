@@ -1,0 +1,343 @@
+//! `prefold-bench`: prefold's benchmarks, each side by side with its anchor in
+//! one run, on loopback only.
+//!
+//! - **read**: prefold-origin's hot-tier `GET /o/{key}` against nginx serving
+//!   the same bytes as static files (`sendfile on`), and against the floor — a
+//!   bare axum + moka handler (`bench-floor`) — for 1 KiB, 64 KiB and 1 MiB
+//!   JSON objects at several connection counts. Runs alternate between the
+//!   targets (A B C, B C A, …) so that drift of this shared machine falls on
+//!   all of them alike, and each figure is the median over the repetitions.
+//! - **edge**: requests through `wrangler dev` (KV hit; KV miss → origin)
+//!   against the origin directly, and the Worker's Wasm size.
+//! - **micro**: the criterion benchmarks in `bench/benches/micro.rs` (run by
+//!   `make bench` before this program), read from `target/criterion`.
+//!
+//! Results go to `bench/results/latest.md` (tables, goals, machine, versions,
+//! commit, date), `latest.json` (every sample) and SVG plots.
+
+mod load;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use load::{wrk, Run, Sample, Server};
+use prefold_e2e::{free_port, EdgeProc, OriginProc};
+use report::{EdgeRow, MicroRow, ReadRow, Report, WasmSize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Read,
+    Edge,
+    Micro,
+}
+
+#[derive(Parser)]
+#[command(about = "prefold benchmarks, side by side with their anchors")]
+struct Args {
+    /// The long run (about 15 minutes) instead of the quick one (under 5).
+    #[arg(long)]
+    full: bool,
+    /// Which parts to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+    /// Where results are written.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+}
+
+/// How much of everything a mode does.
+struct Mode {
+    name: &'static str,
+    duration: Duration,
+    reps: usize,
+    connections: Vec<u32>,
+    edge_duration: Duration,
+    edge_connections: u32,
+    miss_span: u64,
+}
+
+impl Mode {
+    fn quick() -> Mode {
+        Mode {
+            name: "quick",
+            duration: Duration::from_secs(2),
+            reps: 3,
+            connections: vec![16, 128],
+            edge_duration: Duration::from_secs(2),
+            edge_connections: 8,
+            miss_span: 8_000,
+        }
+    }
+
+    fn full() -> Mode {
+        Mode {
+            name: "full",
+            duration: Duration::from_secs(4),
+            reps: 5,
+            connections: vec![4, 32, 256],
+            edge_duration: Duration::from_secs(4),
+            edge_connections: 8,
+            miss_span: 20_000,
+        }
+    }
+}
+
+/// The objects of the read benchmark.
+pub const SIZES: [(usize, &str); 3] = [(1024, "1 KiB"), (64 * 1024, "64 KiB"), (1 << 20, "1 MiB")];
+/// The read benchmark's targets, in their base order.
+pub const TARGETS: [&str; 3] = ["prefold", "nginx", "floor"];
+/// Threads every server gets, and wrk's threads: the machine has 2 cores.
+const THREADS: u32 = 2;
+
+/// An optional key walk: `{prefix}{i}` for `i` in `0..span`.
+type Walk<'a> = Option<(&'a str, u64)>;
+
+fn repo_root() -> PathBuf {
+    prefold_e2e::repo_root()
+}
+
+/// A JSON object of exactly `size` bytes.
+fn json_of_size(size: usize) -> Vec<u8> {
+    let head = br#"{"id":"bench","pad":""#;
+    let tail = br#""}"#;
+    let mut v = Vec::with_capacity(size);
+    v.extend_from_slice(head);
+    let fill = size.saturating_sub(head.len() + tail.len());
+    v.extend((0..fill).map(|i| b'a' + (i % 26) as u8));
+    v.extend_from_slice(tail);
+    v
+}
+
+fn slug(size: usize) -> String {
+    format!("s{size}")
+}
+
+async fn put_owned(url: String, body: Vec<u8>) -> Result<()> {
+    put(&url, body).await
+}
+
+async fn put(url: &str, body: Vec<u8>) -> Result<()> {
+    let r = prefold_e2e::client()
+        .put(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "PUT {url}: {}", r.status());
+    Ok(())
+}
+
+fn run_wrk(dir: &Path, run: &Run<'_>) -> Result<Sample> {
+    tokio::task::block_in_place(|| wrk(dir, run))
+}
+
+async fn read_path(mode: &Mode, work: &Path) -> Result<Vec<ReadRow>> {
+    let www = work.join("www");
+    let objects = www.join("o/bench");
+    std::fs::create_dir_all(&objects)?;
+    for (size, _) in SIZES {
+        std::fs::write(objects.join(slug(size)), json_of_size(size))?;
+    }
+    // nginx's workers run as nobody and must read the tree.
+    std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(work)
+        .status()?;
+
+    let origin = OriginProc::start(
+        &work.join("origin"),
+        &["--store", "memory", "--max-body-bytes", "2000000"],
+    )
+    .await?;
+    for (size, _) in SIZES {
+        put(
+            &format!("{}/o/bench/{}", origin.url(), slug(size)),
+            json_of_size(size),
+        )
+        .await?;
+    }
+    let floor_bin = repo_root().join("target/release/bench-floor");
+    let floor = Server::spawn_announcing(
+        &floor_bin,
+        &["--listen", "127.0.0.1:0", "--dir", &www.to_string_lossy()],
+    )?;
+    let nginx = Server::nginx(work, &www, free_port(), THREADS as usize)?;
+    let urls = [origin.url(), nginx.url.clone(), floor.url.clone()];
+    for u in &urls {
+        load::wait_ready(&format!("{u}/o/bench/{}", slug(1024))).await?;
+    }
+
+    let mut rows = Vec::new();
+    for (size, label) in SIZES {
+        for &connections in &mode.connections {
+            eprintln!("read: {label}, {connections} connections");
+            for rep in 0..mode.reps {
+                for k in 0..TARGETS.len() {
+                    // Rotate the order each repetition: A B C, B C A, C A B…
+                    let t = (k + rep) % TARGETS.len();
+                    let url = format!("{}/o/bench/{}", urls[t], slug(size));
+                    let run = Run {
+                        url: &url,
+                        connections,
+                        threads: THREADS,
+                        duration: mode.duration,
+                        walk: None,
+                    };
+                    if rep == 0 && connections == mode.connections[0] {
+                        // Warm connections, caches and the page cache.
+                        run_wrk(
+                            work,
+                            &Run {
+                                duration: Duration::from_secs(1),
+                                ..run.clone()
+                            },
+                        )?;
+                    }
+                    let sample = run_wrk(work, &run)?;
+                    rows.push(ReadRow {
+                        target: TARGETS[t].to_owned(),
+                        size,
+                        connections,
+                        rep,
+                        sample,
+                    });
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+async fn edge_path(mode: &Mode, work: &Path) -> Result<Vec<EdgeRow>> {
+    let origin = OriginProc::start(&work.join("edge-origin"), &["--store", "memory"]).await?;
+    let body = json_of_size(1024);
+    put(&format!("{}/o/bench/hit", origin.url()), body.clone()).await?;
+    // Distinct keys for the miss runs, a fresh range per repetition.
+    let keys: Vec<String> = (0..mode.reps)
+        .flat_map(|rep| (0..mode.miss_span).map(move |i| format!("bench/r{rep}m{i}")))
+        .collect();
+    let base = origin.url();
+    stream::iter(keys)
+        .map(|k| put_owned(format!("{base}/o/{k}"), body.clone()))
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let edge = EdgeProc::start(&format!("origin-1={}", origin.url()), &[]).await?;
+    let hit_url = format!("{}/o/bench/hit", edge.url());
+    prefold_e2e::poll("a KV hit", Duration::from_secs(30), || async {
+        let r = prefold_e2e::client().get(&hit_url).send().await.ok()?;
+        (r.headers().get("x-prefold-source")?.to_str().ok()? == "kv").then_some(())
+    })
+    .await?;
+
+    let direct_url = format!("{}/o/bench/hit", origin.url());
+    let mut rows = Vec::new();
+    for rep in 0..mode.reps {
+        let miss_prefix_edge = format!("{}/o/bench/r{rep}m", edge.url());
+        let miss_prefix_origin = format!("{}/o/bench/r{rep}m", origin.url());
+        let cases: [(&str, &str, Walk<'_>); 4] = [
+            ("edge, KV hit", &hit_url, None),
+            ("origin direct", &direct_url, None),
+            (
+                "edge, KV miss → origin",
+                &hit_url,
+                Some((&miss_prefix_edge, mode.miss_span)),
+            ),
+            (
+                "origin direct, same keys",
+                &direct_url,
+                Some((&miss_prefix_origin, mode.miss_span)),
+            ),
+        ];
+        for (k, (path, url, walk)) in cases.iter().enumerate() {
+            eprintln!("edge: {path}, repetition {}", rep + 1);
+            let run = Run {
+                url,
+                connections: mode.edge_connections,
+                threads: THREADS,
+                duration: mode.edge_duration,
+                walk: *walk,
+            };
+            let sample = run_wrk(work, &run)?;
+            rows.push(EdgeRow {
+                path: (*path).to_owned(),
+                rep,
+                order: k,
+                sample,
+            });
+        }
+    }
+    drop(edge);
+    Ok(rows)
+}
+
+fn wasm_size() -> Result<WasmSize> {
+    use std::io::Write;
+    let path = repo_root().join("edge/build/index_bg.wasm");
+    let raw =
+        std::fs::read(&path).with_context(|| format!("{} (build the edge)", path.display()))?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&raw)?;
+    Ok(WasmSize {
+        raw: raw.len() as u64,
+        gzip: gz.finish()?.len() as u64,
+    })
+}
+
+/// Reads criterion's medians from `target/criterion/*/…/new/`.
+fn micro_results() -> Result<Vec<MicroRow>> {
+    let base = repo_root().join("target/criterion");
+    let mut rows = Vec::new();
+    for file in prefold_e2e::files_under(&base) {
+        if !file.ends_with("new/estimates.json") {
+            continue;
+        }
+        let Some(dir) = file.parent() else { continue };
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("benchmark.json"))?)?;
+        let est: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;
+        rows.push(MicroRow {
+            id: meta["full_id"].as_str().unwrap_or_default().to_owned(),
+            median_ns: est["median"]["point_estimate"].as_f64().unwrap_or(f64::NAN),
+        });
+    }
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(rows)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let mode = if args.full {
+        Mode::full()
+    } else {
+        Mode::quick()
+    };
+    let parts = if args.only.is_empty() {
+        vec![Part::Read, Part::Edge, Part::Micro]
+    } else {
+        args.only.clone()
+    };
+    let work = tempfile::tempdir()?;
+    let mut report = Report::new(mode.name, mode.reps, mode.duration, mode.edge_duration);
+    if parts.contains(&Part::Read) {
+        report.read = read_path(&mode, work.path()).await?;
+    }
+    if parts.contains(&Part::Edge) {
+        report.edge = edge_path(&mode, work.path()).await?;
+        report.edge_connections = mode.edge_connections;
+        report.miss_span = mode.miss_span;
+    }
+    report.wasm = wasm_size().ok();
+    if parts.contains(&Part::Micro) {
+        report.micro = micro_results()?;
+    }
+    std::fs::create_dir_all(&args.out)?;
+    report.write(&args.out)?;
+    eprintln!("results: {}", args.out.join("latest.md").display());
+    Ok(())
+}

@@ -1,0 +1,533 @@
+//! Turning samples into `latest.md`, `latest.json` and SVG plots.
+//!
+//! Every figure in the tables is a median over repetitions; every comparison is
+//! a ratio between targets measured in the same run, because absolute numbers
+//! on a shared 2-core machine are noise while ratios of alternated runs are not.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::load::Sample;
+use crate::{SIZES, TARGETS};
+
+/// One read-benchmark run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadRow {
+    /// `prefold`, `nginx` or `floor`.
+    pub target: String,
+    /// Object size in bytes.
+    pub size: usize,
+    /// wrk connections.
+    pub connections: u32,
+    /// Repetition number.
+    pub rep: usize,
+    /// What wrk measured.
+    pub sample: Sample,
+}
+
+/// One edge-benchmark run.
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgeRow {
+    /// Which path was measured.
+    pub path: String,
+    /// Repetition number.
+    pub rep: usize,
+    /// Position in the repetition's order.
+    pub order: usize,
+    /// What wrk measured.
+    pub sample: Sample,
+}
+
+/// One criterion benchmark's median.
+#[derive(Debug, Clone, Serialize)]
+pub struct MicroRow {
+    /// Criterion's full id, e.g. `routing_owner/100`.
+    pub id: String,
+    /// Median time per iteration, ns.
+    pub median_ns: f64,
+}
+
+/// The Worker's Wasm size.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WasmSize {
+    /// Bytes as deployed.
+    pub raw: u64,
+    /// Bytes gzip -9.
+    pub gzip: u64,
+}
+
+/// Everything one `prefold-bench` run produced.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    mode: String,
+    reps: usize,
+    run_ms: u128,
+    edge_run_ms: u128,
+    /// Read benchmark samples.
+    pub read: Vec<ReadRow>,
+    /// Edge benchmark samples.
+    pub edge: Vec<EdgeRow>,
+    /// Edge connections used.
+    pub edge_connections: u32,
+    /// Distinct keys per miss run.
+    pub miss_span: u64,
+    /// Micro benchmark medians.
+    pub micro: Vec<MicroRow>,
+    /// Wasm size.
+    pub wasm: Option<WasmSize>,
+    machine: Vec<(String, String)>,
+}
+
+/// The median of some numbers (NaN for none).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|_| "not found".to_owned())
+}
+
+fn machine() -> Vec<(String, String)> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let root = crate::repo_root();
+    let wrangler = root.join("node_modules/.bin/wrangler");
+    vec![
+        (
+            "date (UTC)".into(),
+            command_line("date", &["-u", "+%Y-%m-%d %H:%M"]),
+        ),
+        (
+            "commit".into(),
+            command_line(
+                "git",
+                &[
+                    "-C",
+                    &root.to_string_lossy(),
+                    "rev-parse",
+                    "--short",
+                    "HEAD",
+                ],
+            ),
+        ),
+        (
+            "cpu".into(),
+            format!(
+                "{cpu} × {}",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ),
+        ),
+        ("kernel".into(), command_line("uname", &["-sr"])),
+        ("rustc".into(), command_line("rustc", &["--version"])),
+        (
+            "nginx".into(),
+            command_line(&crate::load::nginx_bin().to_string_lossy(), &["-v"]),
+        ),
+        ("wrk".into(), command_line("wrk", &["-v"])),
+        (
+            "wrangler".into(),
+            command_line(&wrangler.to_string_lossy(), &["--version"]),
+        ),
+    ]
+}
+
+/// Median of one metric for one cell of the read matrix.
+struct Cell {
+    rps: f64,
+    mbps: f64,
+    p50: f64,
+    p99: f64,
+}
+
+impl Report {
+    /// An empty report for a mode.
+    pub fn new(mode: &str, reps: usize, run: Duration, edge_run: Duration) -> Report {
+        Report {
+            mode: mode.to_owned(),
+            reps,
+            run_ms: run.as_millis(),
+            edge_run_ms: edge_run.as_millis(),
+            read: Vec::new(),
+            edge: Vec::new(),
+            edge_connections: 0,
+            miss_span: 0,
+            micro: Vec::new(),
+            wasm: None,
+            machine: machine(),
+        }
+    }
+
+    fn cell(&self, target: &str, size: usize, connections: u32) -> Option<Cell> {
+        let rows: Vec<&ReadRow> = self
+            .read
+            .iter()
+            .filter(|r| r.target == target && r.size == size && r.connections == connections)
+            .collect();
+        if rows.is_empty() {
+            return None;
+        }
+        let m = |f: &dyn Fn(&Sample) -> f64| median(rows.iter().map(|r| f(&r.sample)).collect());
+        Some(Cell {
+            rps: m(&|s| s.rps()),
+            mbps: m(&|s| s.mbps()),
+            p50: m(&|s| s.p50_us),
+            p99: m(&|s| s.p99_us),
+        })
+    }
+
+    fn connection_counts(&self) -> Vec<u32> {
+        let mut c: Vec<u32> = self.read.iter().map(|r| r.connections).collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
+
+    fn edge_cell(&self, path: &str) -> Option<Cell> {
+        let rows: Vec<&EdgeRow> = self.edge.iter().filter(|r| r.path == path).collect();
+        if rows.is_empty() {
+            return None;
+        }
+        let m = |f: &dyn Fn(&Sample) -> f64| median(rows.iter().map(|r| f(&r.sample)).collect());
+        Some(Cell {
+            rps: m(&|s| s.rps()),
+            mbps: m(&|s| s.mbps()),
+            p50: m(&|s| s.p50_us),
+            p99: m(&|s| s.p99_us),
+        })
+    }
+
+    fn micro(&self, id: &str) -> Option<f64> {
+        self.micro.iter().find(|m| m.id == id).map(|m| m.median_ns)
+    }
+
+    /// Writes `latest.md`, `latest.json` and the plots into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::write(dir.join("latest.json"), serde_json::to_vec_pretty(self)?)?;
+        if !self.read.is_empty() {
+            self.plot_ratios(&dir.join("read_vs_nginx.svg"))?;
+        }
+        std::fs::write(dir.join("latest.md"), self.markdown())?;
+        Ok(())
+    }
+
+    fn markdown(&self) -> String {
+        let mut md = String::new();
+        let mut line = |s: &str| {
+            md.push_str(s);
+            md.push('\n');
+        };
+        line("# prefold benchmark results");
+        line("");
+        line(&format!(
+            "Mode `{}`: {} alternated repetitions per cell, {} ms per read run, {} ms per edge run. \
+             Every figure is the median over the repetitions; compare ratios, not absolute numbers \
+             (the machine is shared). Regenerate with `make bench` (quick) or `make bench-full`.",
+            self.mode, self.reps, self.run_ms, self.edge_run_ms
+        ));
+        line("");
+        line("| | |");
+        line("|---|---|");
+        for (k, v) in &self.machine {
+            line(&format!("| {k} | {v} |"));
+        }
+        line("");
+        for l in self.goals() {
+            line(&l);
+        }
+        if !self.read.is_empty() {
+            line("## Read path: hot `GET /o/{key}`");
+            line("");
+            line(
+                "prefold-origin (hot tier) against nginx serving the same bytes as static files \
+                  (`sendfile on`, 2 workers, access log off) and against the floor, a bare \
+                  axum + moka handler. Every server gets 2 threads or workers; wrk runs 2 threads \
+                  on the same 2 cores.",
+            );
+            line("");
+            line("![prefold and floor throughput relative to nginx](read_vs_nginx.svg)");
+            line("");
+            line("| size | conns | prefold req/s | nginx req/s | floor req/s | prefold/nginx | prefold/floor | prefold MB/s | p50 µs prefold / nginx / floor | p99 µs prefold / nginx / floor |");
+            line("|---|---|---|---|---|---|---|---|---|---|");
+            for (size, label) in SIZES {
+                for c in self.connection_counts() {
+                    let cells: Vec<Option<Cell>> =
+                        TARGETS.iter().map(|t| self.cell(t, size, c)).collect();
+                    let [Some(p), Some(n), Some(f)] = [&cells[0], &cells[1], &cells[2]] else {
+                        continue;
+                    };
+                    line(&format!(
+                        "| {label} | {c} | {:.0} | {:.0} | {:.0} | **{:.2}** | {:.2} | {:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+                        p.rps, n.rps, f.rps, p.rps / n.rps, p.rps / f.rps, p.mbps,
+                        p.p50, n.p50, f.p50, p.p99, n.p99, f.p99
+                    ));
+                }
+            }
+            line("");
+        }
+        if !self.edge.is_empty() {
+            line("## Edge path: `wrangler dev` against the origin directly");
+            line("");
+            line(&format!(
+                "1 KiB objects, {} connections. A KV hit is answered by the Worker from local KV; \
+                 a miss walks {} distinct keys per repetition that KV does not have yet, so the \
+                 Worker calls the origin and fills KV. `wrangler dev` runs workerd locally with \
+                 Miniflare's KV; it is not the speed of Cloudflare's network, but it is the same \
+                 Worker code path.",
+                self.edge_connections, self.miss_span
+            ));
+            line("");
+            line("| path | req/s | p50 µs | p99 µs | req/s ratio to origin direct |");
+            line("|---|---|---|---|---|");
+            let pairs = [
+                ("edge, KV hit", "origin direct"),
+                ("origin direct", "origin direct"),
+                ("edge, KV miss → origin", "origin direct, same keys"),
+                ("origin direct, same keys", "origin direct, same keys"),
+            ];
+            for (path, anchor) in pairs {
+                if let (Some(c), Some(a)) = (self.edge_cell(path), self.edge_cell(anchor)) {
+                    line(&format!(
+                        "| {path} | {:.0} | {:.0} | {:.0} | {:.3} |",
+                        c.rps,
+                        c.p50,
+                        c.p99,
+                        c.rps / a.rps
+                    ));
+                }
+            }
+            let requests = median(
+                self.edge
+                    .iter()
+                    .filter(|r| r.path == "edge, KV miss → origin")
+                    .map(|r| r.sample.requests as f64)
+                    .collect(),
+            );
+            if requests > self.miss_span as f64 {
+                line("");
+                line(&format!(
+                    "Note: a miss run made {requests:.0} requests over {} keys, so part of it hit KV.",
+                    self.miss_span
+                ));
+            }
+            line("");
+        }
+        if let Some(w) = self.wasm {
+            line("## Edge Wasm size");
+            line("");
+            line(&format!(
+                "`edge/build/index_bg.wasm`: {} bytes raw ({:.1} KiB), {} bytes gzip -9 ({:.1} KiB).",
+                w.raw,
+                w.raw as f64 / 1024.0,
+                w.gzip,
+                w.gzip as f64 / 1024.0
+            ));
+            line("");
+        }
+        if !self.micro.is_empty() {
+            line("## Micro benchmarks (criterion medians)");
+            line("");
+            line("| benchmark | median |");
+            line("|---|---|");
+            for m in &self.micro {
+                line(&format!("| `{}` | {} |", m.id, human_ns(m.median_ns)));
+            }
+            line("");
+        }
+        md
+    }
+
+    fn goals(&self) -> Vec<String> {
+        let mut out = vec![
+            "## Goals".to_owned(),
+            String::new(),
+            "| goal | measured | met |".to_owned(),
+            "|---|---|---|".to_owned(),
+        ];
+        let yes = |b: bool| if b { "yes" } else { "**no**" };
+        for (size, label) in SIZES {
+            let mut worst_ratio = f64::INFINITY;
+            let mut p99_ok = true;
+            let mut worst_p99 = 0.0f64;
+            let mut any = false;
+            for c in self.connection_counts() {
+                if let (Some(p), Some(n)) =
+                    (self.cell("prefold", size, c), self.cell("nginx", size, c))
+                {
+                    any = true;
+                    worst_ratio = worst_ratio.min(p.rps / n.rps);
+                    worst_p99 = worst_p99.max(p.p99 / n.p99);
+                    p99_ok &= p.p99 <= n.p99;
+                }
+            }
+            if any {
+                out.push(format!(
+                    "| hot read ≥ 1.0× nginx, {label}, every connection count | worst {worst_ratio:.2}× | {} |",
+                    yes(worst_ratio >= 1.0)
+                ));
+                out.push(format!(
+                    "| hot read p99 ≤ nginx's, {label} | worst {worst_p99:.2}× nginx's p99 | {} |",
+                    yes(p99_ok)
+                ));
+            }
+        }
+        let mut worst_floor = f64::INFINITY;
+        for (size, _) in SIZES {
+            for c in self.connection_counts() {
+                if let (Some(p), Some(f)) =
+                    (self.cell("prefold", size, c), self.cell("floor", size, c))
+                {
+                    worst_floor = worst_floor.min(p.rps / f.rps);
+                }
+            }
+        }
+        if worst_floor.is_finite() {
+            out.push(format!(
+                "| request path within 10 % of the bare axum + moka floor | worst {worst_floor:.2}× floor | {} |",
+                yes(worst_floor >= 0.9)
+            ));
+        }
+        if let Some(ns) = self.micro("routing_owner/100") {
+            out.push(format!(
+                "| routing lookup ≤ 1 µs for 100 origins | {} | {} |",
+                human_ns(ns),
+                yes(ns <= 1000.0)
+            ));
+        }
+        if let Some(w) = self.wasm {
+            out.push(format!(
+                "| edge Wasm ≤ 200 KiB gzip | {:.1} KiB | {} |",
+                w.gzip as f64 / 1024.0,
+                yes(w.gzip <= 200 * 1024)
+            ));
+        }
+        out.push(String::new());
+        out
+    }
+
+    /// Grouped bars: prefold and floor throughput as a multiple of nginx's,
+    /// one group per size and connection count, with the 1.0 line marked.
+    fn plot_ratios(&self, path: &Path) -> Result<()> {
+        let mut groups: Vec<(String, f64, f64)> = Vec::new();
+        for (size, label) in SIZES {
+            for c in self.connection_counts() {
+                if let (Some(p), Some(n), Some(f)) = (
+                    self.cell("prefold", size, c),
+                    self.cell("nginx", size, c),
+                    self.cell("floor", size, c),
+                ) {
+                    groups.push((format!("{label} c{c}"), p.rps / n.rps, f.rps / n.rps));
+                }
+            }
+        }
+        let top = groups.iter().map(|g| g.1.max(g.2)).fold(1.2f64, f64::max) * 1.1;
+        let root = SVGBackend::new(path, (960, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let n = groups.len() as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Hot GET throughput relative to nginx (median)",
+                ("sans-serif", 20),
+            )
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..n, 0f64..top)?;
+        let labels: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(groups.len().max(1) * 2)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - x.floor() - 0.5).abs() < 0.26 {
+                    labels.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("× nginx req/s")
+            .draw()?;
+        let prefold_color = RGBColor(0xd9, 0x5f, 0x02);
+        let floor_color = RGBColor(0x75, 0x70, 0xb3);
+        chart
+            .draw_series(groups.iter().enumerate().map(|(i, g)| {
+                let x = i as f64;
+                Rectangle::new([(x + 0.12, 0.0), (x + 0.48, g.1)], prefold_color.filled())
+            }))?
+            .label("prefold-origin")
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 10, y + 5)], prefold_color.filled())
+            });
+        chart
+            .draw_series(groups.iter().enumerate().map(|(i, g)| {
+                let x = i as f64;
+                Rectangle::new([(x + 0.52, 0.0), (x + 0.88, g.2)], floor_color.filled())
+            }))?
+            .label("floor (bare axum + moka)")
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 10, y + 5)], floor_color.filled())
+            });
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 1.0), (n, 1.0)],
+                BLACK.stroke_width(2),
+            ))?
+            .label("nginx = 1.0")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], BLACK.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+}
+
+fn human_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
