@@ -235,22 +235,25 @@ async fn edge_path(mode: &Mode, work: &Path) -> Result<Vec<EdgeRow>> {
     .await?;
 
     let direct_url = format!("{}/o/bench/hit", origin.url());
+    // The Worker without KV: how much of an edge answer is wrangler dev itself.
+    let health_url = format!("{}/healthz", edge.url());
     let mut rows = Vec::new();
     for rep in 0..mode.reps {
-        let miss_prefix_edge = format!("{}/o/bench/r{rep}m", edge.url());
-        let miss_prefix_origin = format!("{}/o/bench/r{rep}m", origin.url());
-        let cases: [(&str, &str, Walk<'_>); 4] = [
+        // wrk's `request` hook takes a path; the host comes from the URL.
+        let miss_prefix = format!("/o/bench/r{rep}m");
+        let cases: [(&str, &str, Walk<'_>); 5] = [
+            ("edge, no KV (/healthz)", &health_url, None),
             ("edge, KV hit", &hit_url, None),
             ("origin direct", &direct_url, None),
             (
                 "edge, KV miss → origin",
                 &hit_url,
-                Some((&miss_prefix_edge, mode.miss_span)),
+                Some((&miss_prefix, mode.miss_span)),
             ),
             (
                 "origin direct, same keys",
                 &direct_url,
-                Some((&miss_prefix_origin, mode.miss_span)),
+                Some((&miss_prefix, mode.miss_span)),
             ),
         ];
         for (k, (path, url, walk)) in cases.iter().enumerate() {

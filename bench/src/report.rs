@@ -316,6 +316,7 @@ impl Report {
             line("| path | req/s | p50 µs | p99 µs | req/s ratio to origin direct |");
             line("|---|---|---|---|---|");
             let pairs = [
+                ("edge, no KV (/healthz)", "origin direct"),
                 ("edge, KV hit", "origin direct"),
                 ("origin direct", "origin direct"),
                 ("edge, KV miss → origin", "origin direct, same keys"),

@@ -111,6 +111,19 @@ impl Key {
             return Err(KeyError::TooLong { len: raw.len() });
         }
         let bytes = raw.as_bytes();
+        // Almost every key arrives unencoded: check it in one pass and copy
+        // it whole; only keys with a `%` take the decoding loop below.
+        if !bytes.contains(&b'%') {
+            if let Some(position) = bytes.iter().position(|&b| !(is_unreserved(b) || b == b'/')) {
+                let b = bytes[position];
+                if b.is_ascii_control() {
+                    return Err(KeyError::ControlCharacter { position });
+                }
+                let found = raw[position..].chars().next().unwrap_or('\u{fffd}');
+                return Err(KeyError::InvalidCharacter { found, position });
+            }
+            return Self::check_segments(raw.to_owned());
+        }
         let mut out = String::with_capacity(raw.len());
         let mut i = 0;
         while i < bytes.len() {
@@ -152,6 +165,11 @@ impl Key {
             }
             i += 1;
         }
+        Self::check_segments(out)
+    }
+
+    /// The checks on a decoded key: length and segments.
+    fn check_segments(out: String) -> Result<Key, KeyError> {
         if out.len() > MAX_KEY_BYTES {
             return Err(KeyError::TooLong { len: out.len() });
         }

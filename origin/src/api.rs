@@ -22,7 +22,7 @@ use axum::Router;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use prefold_core::http::{
-    check_json, etag, if_none_match, is_json_media_type, PROBLEM_CONTENT_TYPE, VERSION_HEADER,
+    check_json, if_none_match, is_json_media_type, PROBLEM_CONTENT_TYPE, VERSION_HEADER,
 };
 use prefold_core::{Key, Problem, ProblemKind};
 use serde::Serialize;
@@ -171,10 +171,7 @@ fn key_of(uri: &Uri) -> Result<Key, ApiError> {
 }
 
 fn version_headers(h: &mut HeaderMap, object: &Object) {
-    // ETags and decimal versions are ASCII, so these conversions cannot fail.
-    if let Ok(v) = HeaderValue::from_str(&etag(object.version)) {
-        h.insert(header::ETAG, v);
-    }
+    h.insert(header::ETAG, object.etag().clone());
     h.insert(VERSION_HEADER, HeaderValue::from(object.version));
 }
 
@@ -188,16 +185,16 @@ async fn get_object(
         return Err(ApiError::NotReady);
     }
     let object = state.0.hot.get(&key).await?.ok_or(ApiError::NotFound)?;
-    let not_modified = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|inm| if_none_match(inm, &etag(object.version)));
+    let not_modified = match (headers.get(header::IF_NONE_MATCH), object.etag().to_str()) {
+        (Some(inm), Ok(tag)) => inm.to_str().is_ok_and(|inm| if_none_match(inm, tag)),
+        _ => false,
+    };
     let mut resp = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = Body::from(object.body.clone()).into_response();
-        if let Ok(ct) = HeaderValue::from_str(&object.content_type) {
-            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+        if let Some(ct) = object.content_type_header() {
+            r.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
         }
         r
     };
@@ -277,7 +274,12 @@ async fn put_object(
     let answer = PutAnswer {
         key: key.as_str(),
         version: written.object.version,
-        etag: etag(written.object.version),
+        etag: written
+            .object
+            .etag()
+            .to_str()
+            .unwrap_or_default()
+            .to_owned(),
         durability: "memory",
     };
     let status = if written.created {

@@ -207,11 +207,11 @@ mod tests {
     use object_store::memory::InMemory;
 
     fn obj(version: u64) -> Arc<Object> {
-        Arc::new(Object {
+        Arc::new(Object::new(
             version,
-            content_type: "application/json".into(),
-            body: Bytes::from(version.to_string()),
-        })
+            "application/json".into(),
+            Bytes::from(version.to_string()),
+        ))
     }
 
     #[tokio::test]

@@ -22,11 +22,13 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use axum::http::HeaderValue;
 use bytes::Bytes;
 use moka::future::Cache;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use prefold_core::envelope::object_path;
+use prefold_core::http::etag;
 use prefold_core::{Envelope, Key};
 use tokio::sync::Mutex;
 
@@ -37,6 +39,9 @@ use crate::flush::Dirty;
 const STRIPES: usize = 4096;
 
 /// One version of one object, shared by the cache, the flusher and responses.
+///
+/// The response headers that depend only on the version are rendered once,
+/// when the version is made, rather than on every read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
     /// Strictly increasing per key.
@@ -45,9 +50,36 @@ pub struct Object {
     pub content_type: String,
     /// The bytes, shared without copying.
     pub body: Bytes,
+    etag: HeaderValue,
+    content_type_header: Option<HeaderValue>,
 }
 
 impl Object {
+    /// A version of an object.
+    pub fn new(version: u64, content_type: String, body: Bytes) -> Object {
+        // An ETag is a quoted hex number: always a valid header value.
+        let etag = HeaderValue::from_str(&etag(version))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
+        let content_type_header = HeaderValue::from_str(&content_type).ok();
+        Object {
+            version,
+            content_type,
+            body,
+            etag,
+            content_type_header,
+        }
+    }
+
+    /// The strong ETag, as a header value.
+    pub fn etag(&self) -> &HeaderValue {
+        &self.etag
+    }
+
+    /// The content type, as a header value (absent if it cannot be one).
+    pub fn content_type_header(&self) -> Option<&HeaderValue> {
+        self.content_type_header.as_ref()
+    }
+
     /// The record stored for this object.
     pub fn encode(&self) -> Result<Vec<u8>, prefold_core::EnvelopeError> {
         Envelope {
@@ -64,11 +96,11 @@ impl Object {
             key: key.to_string(),
             source,
         })?;
-        Ok(Object {
-            version: env.version,
-            content_type: env.content_type.to_owned(),
-            body: record.slice(env.body_offset()..),
-        })
+        Ok(Object::new(
+            env.version,
+            env.content_type.to_owned(),
+            record.slice(env.body_offset()..),
+        ))
     }
 }
 
@@ -176,11 +208,7 @@ impl HotTier {
         let version = current
             .as_ref()
             .map_or(now_micros, |c| now_micros.max(c.version + 1));
-        let object = Arc::new(Object {
-            version,
-            content_type,
-            body,
-        });
+        let object = Arc::new(Object::new(version, content_type, body));
         // The flusher owns the write from here on; eviction cannot lose it.
         self.dirty.insert(key.clone(), object.clone());
         self.cache.insert(key, Some(object.clone())).await;
@@ -216,11 +244,11 @@ mod tests {
     }
 
     async fn seed(store: &InMemory, key: &Key, version: u64, body: &[u8]) {
-        let o = Object {
+        let o = Object::new(
             version,
-            content_type: "application/json".into(),
-            body: Bytes::copy_from_slice(body),
-        };
+            "application/json".into(),
+            Bytes::copy_from_slice(body),
+        );
         store
             .put(
                 &Path::from(object_path(key)),

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio::net::TcpListener;
@@ -84,6 +85,13 @@ impl Origin {
 
         let serving_state = state.clone();
         let stopping_signal = stopping.clone();
+        // Responses are written whole; Nagle's algorithm would only hold back
+        // the tail of a large body waiting for an ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app(state))
             .with_graceful_shutdown(async move {
                 shutdown.await;
