@@ -44,6 +44,9 @@ struct Args {
     /// Which parts to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
+    /// Only re-render `latest.md` and the plots from `latest.json`.
+    #[arg(long)]
+    render_only: bool,
     /// Where results are written.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -315,6 +318,9 @@ fn micro_results() -> Result<Vec<MicroRow>> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.render_only {
+        return Report::load(&args.out)?.write(&args.out);
+    }
     let mode = if args.full {
         Mode::full()
     } else {

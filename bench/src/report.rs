@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::load::Sample;
 use crate::{SIZES, TARGETS};
 
 /// One read-benchmark run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadRow {
     /// `prefold`, `nginx` or `floor`.
     pub target: String,
@@ -31,7 +31,7 @@ pub struct ReadRow {
 }
 
 /// One edge-benchmark run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EdgeRow {
     /// Which path was measured.
     pub path: String,
@@ -44,7 +44,7 @@ pub struct EdgeRow {
 }
 
 /// One criterion benchmark's median.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MicroRow {
     /// Criterion's full id, e.g. `routing_owner/100`.
     pub id: String,
@@ -53,7 +53,7 @@ pub struct MicroRow {
 }
 
 /// The Worker's Wasm size.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct WasmSize {
     /// Bytes as deployed.
     pub raw: u64,
@@ -62,7 +62,7 @@ pub struct WasmSize {
 }
 
 /// Everything one `prefold-bench` run produced.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     mode: String,
     reps: usize,
@@ -235,6 +235,11 @@ impl Report {
 
     fn micro(&self, id: &str) -> Option<f64> {
         self.micro.iter().find(|m| m.id == id).map(|m| m.median_ns)
+    }
+
+    /// Reads a report written by [`Report::write`].
+    pub fn load(dir: &Path) -> Result<Report> {
+        Ok(serde_json::from_slice(&std::fs::read(dir.join("latest.json"))?)?)
     }
 
     /// Writes `latest.md`, `latest.json` and the plots into `dir`.
@@ -460,12 +465,11 @@ impl Report {
         let top = groups.iter().map(|g| g.1.max(g.2)).fold(1.2f64, f64::max) * 1.1;
         let root = SVGBackend::new(path, (960, 480)).into_drawing_area();
         root.fill(&WHITE)?;
-        let n = groups.len() as f64;
+        // Ten x units per group, with a (blank) label at every unit: plotters
+        // then puts a label exactly at each group's centre, `10 i + 5`.
+        let n = groups.len() as f64 * 10.0;
         let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Hot GET throughput relative to nginx (median)",
-                ("sans-serif", 20),
-            )
+            .caption("Hot GET throughput relative to nginx (median)", ("sans-serif", 20))
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(56)
@@ -474,11 +478,11 @@ impl Report {
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(groups.len().max(1) * 2)
+            .x_labels(groups.len() * 10 + 1)
             .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - x.floor() - 0.5).abs() < 0.26 {
-                    labels.get(i).cloned().unwrap_or_default()
+                let unit = x.round() as i64;
+                if (x - x.round()).abs() < 1e-6 && unit % 10 == 5 {
+                    labels.get((unit / 10) as usize).cloned().unwrap_or_default()
                 } else {
                     String::new()
                 }
@@ -489,22 +493,18 @@ impl Report {
         let floor_color = RGBColor(0x75, 0x70, 0xb3);
         chart
             .draw_series(groups.iter().enumerate().map(|(i, g)| {
-                let x = i as f64;
-                Rectangle::new([(x + 0.12, 0.0), (x + 0.48, g.1)], prefold_color.filled())
+                let x = i as f64 * 10.0;
+                Rectangle::new([(x + 1.2, 0.0), (x + 4.8, g.1)], prefold_color.filled())
             }))?
             .label("prefold-origin")
-            .legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 10, y + 5)], prefold_color.filled())
-            });
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], prefold_color.filled()));
         chart
             .draw_series(groups.iter().enumerate().map(|(i, g)| {
-                let x = i as f64;
-                Rectangle::new([(x + 0.52, 0.0), (x + 0.88, g.2)], floor_color.filled())
+                let x = i as f64 * 10.0;
+                Rectangle::new([(x + 5.2, 0.0), (x + 8.8, g.2)], floor_color.filled())
             }))?
             .label("floor (bare axum + moka)")
-            .legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 10, y + 5)], floor_color.filled())
-            });
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], floor_color.filled()));
         chart
             .draw_series(LineSeries::new(
                 [(0.0, 1.0), (n, 1.0)],
