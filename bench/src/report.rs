@@ -239,7 +239,9 @@ impl Report {
 
     /// Reads a report written by [`Report::write`].
     pub fn load(dir: &Path) -> Result<Report> {
-        Ok(serde_json::from_slice(&std::fs::read(dir.join("latest.json"))?)?)
+        Ok(serde_json::from_slice(&std::fs::read(
+            dir.join("latest.json"),
+        )?)?)
     }
 
     /// Writes `latest.md`, `latest.json` and the plots into `dir`.
@@ -469,7 +471,10 @@ impl Report {
         // then puts a label exactly at each group's centre, `10 i + 5`.
         let n = groups.len() as f64 * 10.0;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Hot GET throughput relative to nginx (median)", ("sans-serif", 20))
+            .caption(
+                "Hot GET throughput relative to nginx (median)",
+                ("sans-serif", 20),
+            )
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(56)
@@ -482,7 +487,10 @@ impl Report {
             .x_label_formatter(&|x| {
                 let unit = x.round() as i64;
                 if (x - x.round()).abs() < 1e-6 && unit % 10 == 5 {
-                    labels.get((unit / 10) as usize).cloned().unwrap_or_default()
+                    labels
+                        .get((unit / 10) as usize)
+                        .cloned()
+                        .unwrap_or_default()
                 } else {
                     String::new()
                 }
@@ -497,14 +505,18 @@ impl Report {
                 Rectangle::new([(x + 1.2, 0.0), (x + 4.8, g.1)], prefold_color.filled())
             }))?
             .label("prefold-origin")
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], prefold_color.filled()));
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 10, y + 5)], prefold_color.filled())
+            });
         chart
             .draw_series(groups.iter().enumerate().map(|(i, g)| {
                 let x = i as f64 * 10.0;
                 Rectangle::new([(x + 5.2, 0.0), (x + 8.8, g.2)], floor_color.filled())
             }))?
             .label("floor (bare axum + moka)")
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], floor_color.filled()));
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 10, y + 5)], floor_color.filled())
+            });
         chart
             .draw_series(LineSeries::new(
                 [(0.0, 1.0), (n, 1.0)],

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
@@ -175,12 +175,11 @@ fn version_headers(h: &mut HeaderMap, object: &Object) {
     h.insert(VERSION_HEADER, HeaderValue::from(object.version));
 }
 
-async fn get_object(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let key = key_of(&uri)?;
+// Takes the whole request rather than `Uri` and `HeaderMap` extractors: those
+// clone, and this is the hot path.
+async fn get_object(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let key = key_of(req.uri())?;
+    let headers = req.headers();
     if !state.is_ready() {
         return Err(ApiError::NotReady);
     }
