@@ -93,8 +93,14 @@ impl Mode {
 pub const SIZES: [(usize, &str); 3] = [(1024, "1 KiB"), (64 * 1024, "64 KiB"), (1 << 20, "1 MiB")];
 /// The read benchmark's targets, in their base order.
 pub const TARGETS: [&str; 3] = ["prefold", "nginx", "floor"];
-/// Threads every server gets, and wrk's threads: the machine has 2 cores.
+/// wrk's threads. The servers get as many threads or workers as the machine
+/// has cores (tokio's default for the origin and the floor; nginx's
+/// `worker_processes` is set to match).
 const THREADS: u32 = 2;
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
 
 /// An optional key walk: `{prefix}{i}` for `i` in `0..span`.
 type Walk<'a> = Option<(&'a str, u64)>;
@@ -168,7 +174,7 @@ async fn read_path(mode: &Mode, work: &Path) -> Result<Vec<ReadRow>> {
         &floor_bin,
         &["--listen", "127.0.0.1:0", "--dir", &www.to_string_lossy()],
     )?;
-    let nginx = Server::nginx(work, &www, free_port(), THREADS as usize)?;
+    let nginx = Server::nginx(work, &www, free_port(), cores())?;
     let urls = [origin.url(), nginx.url.clone(), floor.url.clone()];
     for u in &urls {
         load::wait_ready(&format!("{u}/o/bench/{}", slug(1024))).await?;

@@ -212,6 +212,26 @@ impl Report {
         })
     }
 
+    /// The lowest and highest per-repetition ratio of two targets' req/s
+    /// (each repetition ran both back to back, so this is the run-to-run
+    /// spread of the ratio itself).
+    fn ratio_range(&self, a: &str, b: &str, size: usize, connections: u32) -> Option<(f64, f64)> {
+        let rps = |t: &str, rep: usize| {
+            self.read
+                .iter()
+                .find(|r| {
+                    r.target == t && r.size == size && r.connections == connections && r.rep == rep
+                })
+                .map(|r| r.sample.rps())
+        };
+        let ratios: Vec<f64> = (0..self.reps)
+            .filter_map(|rep| Some(rps(a, rep)? / rps(b, rep)?))
+            .collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (!ratios.is_empty()).then_some((lo, hi))
+    }
+
     fn connection_counts(&self) -> Vec<u32> {
         let mut c: Vec<u32> = self.read.iter().map(|r| r.connections).collect();
         c.sort_unstable();
@@ -283,15 +303,17 @@ impl Report {
             line("");
             line(
                 "prefold-origin (hot tier) against nginx serving the same bytes as static files \
-                  (`sendfile on`, 2 workers, access log off) and against the floor, a bare \
-                  axum + moka handler. Every server gets 2 threads or workers; wrk runs 2 threads \
-                  on the same 2 cores.",
+                  (`sendfile on`, one worker per core, access log off) and against the floor, a \
+                  bare axum + moka handler. Every server gets one thread or worker per core; wrk \
+                  runs 2 threads on the same cores. \"(per run)\" is the lowest and highest ratio \
+                  within one repetition, in which the targets ran back to back: the spread this \
+                  shared machine adds.",
             );
             line("");
             line("![prefold and floor throughput relative to nginx](read_vs_nginx.svg)");
             line("");
-            line("| size | conns | prefold req/s | nginx req/s | floor req/s | prefold/nginx | prefold/floor | prefold MB/s | p50 µs prefold / nginx / floor | p99 µs prefold / nginx / floor |");
-            line("|---|---|---|---|---|---|---|---|---|---|");
+            line("| size | conns | prefold req/s | nginx req/s | floor req/s | prefold/nginx | (per run) | prefold/floor | (per run) | prefold MB/s | p50 µs prefold / nginx / floor | p99 µs prefold / nginx / floor |");
+            line("|---|---|---|---|---|---|---|---|---|---|---|---|");
             for (size, label) in SIZES {
                 for c in self.connection_counts() {
                     let cells: Vec<Option<Cell>> =
@@ -299,10 +321,14 @@ impl Report {
                     let [Some(p), Some(n), Some(f)] = [&cells[0], &cells[1], &cells[2]] else {
                         continue;
                     };
+                    let range = |other: &str| {
+                        self.ratio_range("prefold", other, size, c)
+                            .map_or_else(String::new, |(lo, hi)| format!("{lo:.2}–{hi:.2}"))
+                    };
                     line(&format!(
-                        "| {label} | {c} | {:.0} | {:.0} | {:.0} | **{:.2}** | {:.2} | {:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
-                        p.rps, n.rps, f.rps, p.rps / n.rps, p.rps / f.rps, p.mbps,
-                        p.p50, n.p50, f.p50, p.p99, n.p99, f.p99
+                        "| {label} | {c} | {:.0} | {:.0} | {:.0} | **{:.2}** | {} | {:.2} | {} | {:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+                        p.rps, n.rps, f.rps, p.rps / n.rps, range("nginx"), p.rps / f.rps, range("floor"),
+                        p.mbps, p.p50, n.p50, f.p50, p.p99, n.p99, f.p99
                     ));
                 }
             }
