@@ -176,6 +176,23 @@ struct Cell {
     p99: f64,
 }
 
+impl Cell {
+    /// The medians of some samples (`None` for none).
+    fn of<'a>(samples: impl Iterator<Item = &'a Sample>) -> Option<Cell> {
+        let samples: Vec<&Sample> = samples.collect();
+        if samples.is_empty() {
+            return None;
+        }
+        let m = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(|s| f(s)).collect());
+        Some(Cell {
+            rps: m(&|s| s.rps()),
+            mbps: m(&|s| s.mbps()),
+            p50: m(&|s| s.p50_us),
+            p99: m(&|s| s.p99_us),
+        })
+    }
+}
+
 impl Report {
     /// An empty report for a mode.
     pub fn new(mode: &str, reps: usize, run: Duration, edge_run: Duration) -> Report {
@@ -195,21 +212,12 @@ impl Report {
     }
 
     fn cell(&self, target: &str, size: usize, connections: u32) -> Option<Cell> {
-        let rows: Vec<&ReadRow> = self
-            .read
-            .iter()
-            .filter(|r| r.target == target && r.size == size && r.connections == connections)
-            .collect();
-        if rows.is_empty() {
-            return None;
-        }
-        let m = |f: &dyn Fn(&Sample) -> f64| median(rows.iter().map(|r| f(&r.sample)).collect());
-        Some(Cell {
-            rps: m(&|s| s.rps()),
-            mbps: m(&|s| s.mbps()),
-            p50: m(&|s| s.p50_us),
-            p99: m(&|s| s.p99_us),
-        })
+        Cell::of(
+            self.read
+                .iter()
+                .filter(|r| r.target == target && r.size == size && r.connections == connections)
+                .map(|r| &r.sample),
+        )
     }
 
     /// The lowest and highest per-repetition ratio of two targets' req/s
@@ -240,17 +248,12 @@ impl Report {
     }
 
     fn edge_cell(&self, path: &str) -> Option<Cell> {
-        let rows: Vec<&EdgeRow> = self.edge.iter().filter(|r| r.path == path).collect();
-        if rows.is_empty() {
-            return None;
-        }
-        let m = |f: &dyn Fn(&Sample) -> f64| median(rows.iter().map(|r| f(&r.sample)).collect());
-        Some(Cell {
-            rps: m(&|s| s.rps()),
-            mbps: m(&|s| s.mbps()),
-            p50: m(&|s| s.p50_us),
-            p99: m(&|s| s.p99_us),
-        })
+        Cell::of(
+            self.edge
+                .iter()
+                .filter(|r| r.path == path)
+                .map(|r| &r.sample),
+        )
     }
 
     fn micro(&self, id: &str) -> Option<f64> {
@@ -523,26 +526,22 @@ impl Report {
             })
             .y_desc("× nginx req/s")
             .draw()?;
-        let prefold_color = RGBColor(0xd9, 0x5f, 0x02);
-        let floor_color = RGBColor(0x75, 0x70, 0xb3);
-        chart
-            .draw_series(groups.iter().enumerate().map(|(i, g)| {
-                let x = i as f64 * 10.0;
-                Rectangle::new([(x + 1.2, 0.0), (x + 4.8, g.1)], prefold_color.filled())
-            }))?
-            .label("prefold-origin")
-            .legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 10, y + 5)], prefold_color.filled())
-            });
-        chart
-            .draw_series(groups.iter().enumerate().map(|(i, g)| {
-                let x = i as f64 * 10.0;
-                Rectangle::new([(x + 5.2, 0.0), (x + 8.8, g.2)], floor_color.filled())
-            }))?
-            .label("floor (bare axum + moka)")
-            .legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 10, y + 5)], floor_color.filled())
-            });
+        let series = [
+            ("prefold-origin", 1.2, RGBColor(0xd9, 0x5f, 0x02)),
+            ("floor (bare axum + moka)", 5.2, RGBColor(0x75, 0x70, 0xb3)),
+        ];
+        for (k, (name, offset, color)) in series.into_iter().enumerate() {
+            chart
+                .draw_series(groups.iter().enumerate().map(|(i, g)| {
+                    let x = i as f64 * 10.0 + offset;
+                    let value = if k == 0 { g.1 } else { g.2 };
+                    Rectangle::new([(x, 0.0), (x + 3.6, value)], color.filled())
+                }))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
+        }
         chart
             .draw_series(LineSeries::new(
                 [(0.0, 1.0), (n, 1.0)],
