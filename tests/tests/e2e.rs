@@ -293,3 +293,37 @@ async fn the_wasm_edge_routes_exactly_like_the_native_code() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_never_answers_costs_the_timeout_not_a_hang() -> Result<()> {
+    // Accepts connections and reads requests, but never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = silent.local_addr()?;
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let edge = EdgeProc::start(
+        &format!("origin-1=http://{addr}"),
+        &[("PREFOLD_ORIGIN_TIMEOUT_MS", "300")],
+    )
+    .await?;
+    let started = std::time::Instant::now();
+    let r = client()
+        .get(format!("{}/o/page/slow", edge.url()))
+        .send()
+        .await?;
+    let waited = started.elapsed();
+    assert_eq!(r.status(), 503);
+    assert_eq!(header(&r, "retry-after"), "1");
+    let p: Value = r.json().await?;
+    assert_eq!(p["type"], "urn:prefold:problem:origin-unavailable");
+    assert!(
+        p["detail"].as_str().unwrap_or_default().contains("in time"),
+        "the timeout, not a connection error: {p}"
+    );
+    held.abort();
+    Ok(())
+}
