@@ -310,12 +310,11 @@ async fn an_origin_that_never_answers_costs_the_timeout_not_a_hang() -> Result<(
         &[("PREFOLD_ORIGIN_TIMEOUT_MS", "300")],
     )
     .await?;
-    let started = std::time::Instant::now();
+    // The client would wait 30 s; only the edge's own timeout can answer.
     let r = client()
         .get(format!("{}/o/page/slow", edge.url()))
         .send()
         .await?;
-    let waited = started.elapsed();
     assert_eq!(r.status(), 503);
     assert_eq!(header(&r, "retry-after"), "1");
     let p: Value = r.json().await?;
