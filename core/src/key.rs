@@ -111,17 +111,10 @@ impl Key {
             return Err(KeyError::TooLong { len: raw.len() });
         }
         let bytes = raw.as_bytes();
-        // Almost every key arrives unencoded: check it in one pass and copy
-        // it whole; only keys with a `%` take the decoding loop below.
-        if !bytes.contains(&b'%') {
-            if let Some(position) = bytes.iter().position(|&b| !(is_unreserved(b) || b == b'/')) {
-                let b = bytes[position];
-                if b.is_ascii_control() {
-                    return Err(KeyError::ControlCharacter { position });
-                }
-                let found = raw[position..].chars().next().unwrap_or('\u{fffd}');
-                return Err(KeyError::InvalidCharacter { found, position });
-            }
+        // Almost every key arrives unencoded and valid: check it in one pass
+        // and copy it whole. Anything else (a `%`, a bad character) takes the
+        // loop below, which decodes and says precisely what is wrong.
+        if bytes.iter().all(|&b| is_unreserved(b) || b == b'/') {
             return Self::check_segments(raw.to_owned());
         }
         let mut out = String::with_capacity(raw.len());
