@@ -235,14 +235,3 @@ pub fn nginx_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
 }
-
-/// Waits until `url` answers 200 (30 s at most).
-pub async fn wait_ready(url: &str) -> Result<()> {
-    prefold_e2e::poll(url, Duration::from_secs(30), || async {
-        match prefold_e2e::client().get(url).send().await {
-            Ok(r) if r.status().is_success() => Some(()),
-            _ => None,
-        }
-    })
-    .await
-}

@@ -105,10 +105,6 @@ fn cores() -> usize {
 /// An optional key walk: `{prefix}{i}` for `i` in `0..span`.
 type Walk<'a> = Option<(&'a str, u64)>;
 
-fn repo_root() -> PathBuf {
-    prefold_e2e::repo_root()
-}
-
 /// A JSON object of exactly `size` bytes.
 fn json_of_size(size: usize) -> Vec<u8> {
     let head = br#"{"id":"bench","pad":""#;
@@ -169,7 +165,7 @@ async fn read_path(mode: &Mode, work: &Path) -> Result<Vec<ReadRow>> {
         )
         .await?;
     }
-    let floor_bin = repo_root().join("target/release/bench-floor");
+    let floor_bin = prefold_e2e::repo_root().join("target/release/bench-floor");
     let floor = Server::spawn_announcing(
         &floor_bin,
         &["--listen", "127.0.0.1:0", "--dir", &www.to_string_lossy()],
@@ -177,7 +173,11 @@ async fn read_path(mode: &Mode, work: &Path) -> Result<Vec<ReadRow>> {
     let nginx = Server::nginx(work, &www, free_port(), cores())?;
     let urls = [origin.url(), nginx.url.clone(), floor.url.clone()];
     for u in &urls {
-        load::wait_ready(&format!("{u}/o/bench/{}", slug(1024))).await?;
+        prefold_e2e::wait_until_ok(
+            &format!("{u}/o/bench/{}", slug(1024)),
+            Duration::from_secs(30),
+        )
+        .await?;
     }
 
     let mut rows = Vec::new();
@@ -289,7 +289,7 @@ async fn edge_path(mode: &Mode, work: &Path) -> Result<Vec<EdgeRow>> {
 
 fn wasm_size() -> Result<WasmSize> {
     use std::io::Write;
-    let path = repo_root().join("edge/build/index_bg.wasm");
+    let path = prefold_e2e::repo_root().join("edge/build/index_bg.wasm");
     let raw =
         std::fs::read(&path).with_context(|| format!("{} (build the edge)", path.display()))?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -302,7 +302,7 @@ fn wasm_size() -> Result<WasmSize> {
 
 /// Reads criterion's medians from `target/criterion/*/…/new/`.
 fn micro_results() -> Result<Vec<MicroRow>> {
-    let base = repo_root().join("target/criterion");
+    let base = prefold_e2e::repo_root().join("target/criterion");
     let mut rows = Vec::new();
     for file in prefold_e2e::files_under(&base) {
         if !file.ends_with("new/estimates.json") {

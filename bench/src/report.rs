@@ -127,7 +127,7 @@ fn machine() -> Vec<(String, String)> {
                 .map(|m| m.trim().to_owned())
         })
         .unwrap_or_default();
-    let root = crate::repo_root();
+    let root = prefold_e2e::repo_root();
     let wrangler = root.join("node_modules/.bin/wrangler");
     vec![
         (

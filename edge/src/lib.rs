@@ -28,7 +28,7 @@ use prefold_core::http::{
     check_json, etag, if_none_match, is_json_media_type, PROBLEM_CONTENT_TYPE, SOURCE_HEADER,
     VERSION_HEADER,
 };
-use prefold_core::{ConfigError, Key, KeyError, Problem, ProblemKind};
+use prefold_core::{ConfigError, Key, KeyError, Origin, Problem, ProblemKind};
 use serde::{Deserialize, Serialize};
 use worker::{
     event, js_sys, AbortController, Context, Delay, Env, Fetch, Headers, Method, Request,
@@ -266,7 +266,7 @@ async fn get_object(
     }
 
     let owner = cfg.origins.owner(&key);
-    let url = format!("{}/o/{}", owner.url, key.as_str());
+    let url = object_url(owner, &key);
     let (resp, body) = call_origin(
         Request::new(&url, Method::Get)?,
         &owner.name,
@@ -318,7 +318,7 @@ async fn put_object(
     check_json(&body).map_err(EdgeError::MalformedJson)?;
 
     let owner = cfg.origins.owner(&key);
-    let url = format!("{}/o/{}", owner.url, key.as_str());
+    let url = object_url(owner, &key);
     let headers = Headers::new();
     headers.set("content-type", &ct)?;
     let mut init = RequestInit::new();
@@ -358,6 +358,11 @@ async fn put_object(
     Ok(Response::from_bytes(answer_body)?
         .with_status(status)
         .with_headers(out))
+}
+
+/// Where an origin serves a key.
+fn object_url(origin: &Origin, key: &Key) -> String {
+    format!("{}/o/{}", origin.url, key.as_str())
 }
 
 fn header_version(resp: &Response, origin: &str) -> Result<u64, EdgeError> {

@@ -76,14 +76,18 @@ where
     }
 }
 
-/// Polls `url` until it answers 2xx; on timeout the error carries the tail
-/// of the process's log.
-async fn wait_ok(url: &str, timeout: Duration, log: &Path) -> Result<()> {
+/// Polls `url` until it answers 2xx, for at most `timeout`.
+pub async fn wait_until_ok(url: &str, timeout: Duration) -> Result<()> {
     poll(url, timeout, || async {
         matches!(client().get(url).send().await, Ok(r) if r.status().is_success()).then_some(())
     })
     .await
-    .with_context(|| tail(log))
+}
+
+/// [`wait_until_ok`] for a process of ours: on timeout the error carries the
+/// tail of its log.
+async fn wait_ok(url: &str, timeout: Duration, log: &Path) -> Result<()> {
+    wait_until_ok(url, timeout).await.with_context(|| tail(log))
 }
 
 /// The last 40 lines of a log file.
@@ -92,13 +96,9 @@ fn tail(log: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let from = lines.len().saturating_sub(40);
     format!(
-        "{} (last lines):
-{}",
+        "{} (last lines):\n{}",
         log.display(),
-        lines[from..].join(
-            "
-"
-        )
+        lines[from..].join("\n")
     )
 }
 
