@@ -5,17 +5,26 @@
 //! later without a flag day: the format byte selects the decoder, and old
 //! formats keep decoding (a migration chain, one arm per format).
 //!
-//! Format 1, all integers big-endian:
+//! Format 2 (written since the storage engine; adds the flags byte), all
+//! integers big-endian:
 //!
 //! ```text
 //! offset  size  field
 //! 0       4     magic "PFLD"
-//! 4       1     format = 1
-//! 5       8     object version (u64)
-//! 13      1     content-type length n (≤ 255)
-//! 14      n     content type (ASCII)
-//! 14+n    …     body
+//! 4       1     format = 2
+//! 5       1     flags: bit 0 = tombstone (the object was deleted)
+//! 6       8     object version (u64)
+//! 14      1     content-type length n (≤ 255)
+//! 15      n     content type (ASCII)
+//! 15+n    …     body
 //! ```
+//!
+//! Format 1 is format 2 without the flags byte (never a tombstone); it still
+//! decodes.
+//!
+//! A delete is stored as a tombstone rather than removed from the store, so
+//! that a write-behind PUT of an older version that arrives late, or a stale
+//! writer, can never bring the object back: the tombstone's version is newer.
 
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
@@ -24,8 +33,10 @@ use crate::key::Key;
 
 const MAGIC: &[u8; 4] = b"PFLD";
 /// The format this build writes.
-pub const FORMAT: u8 = 1;
-const HEADER_FIXED: usize = 14;
+pub const FORMAT: u8 = 2;
+const HEADER_FIXED_V1: usize = 14;
+const HEADER_FIXED: usize = 15;
+const FLAG_TOMBSTONE: u8 = 1;
 
 /// One stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +45,10 @@ pub struct Envelope<'a> {
     pub version: u64,
     /// The media type the object was written with.
     pub content_type: &'a str,
-    /// The object's bytes, exactly as written.
+    /// The object's bytes, exactly as written (empty for a tombstone).
     pub body: &'a [u8],
+    /// The object was deleted at this version.
+    pub tombstone: bool,
 }
 
 /// Why bytes from the store could not be decoded.
@@ -66,6 +79,7 @@ impl<'a> Envelope<'a> {
         let mut out = Vec::with_capacity(HEADER_FIXED + ct.len() + self.body.len());
         out.extend_from_slice(MAGIC);
         out.push(FORMAT);
+        out.push(if self.tombstone { FLAG_TOMBSTONE } else { 0 });
         out.extend_from_slice(&self.version.to_be_bytes());
         out.push(ct_len);
         out.extend_from_slice(ct);
@@ -82,30 +96,48 @@ impl<'a> Envelope<'a> {
             return Err(EnvelopeError::BadMagic);
         }
         match bytes[4] {
-            1 => Self::decode_v1(bytes),
+            1 => Self::decode_from(bytes, 5, 0),
+            2 => {
+                let flags = *bytes.get(5).ok_or(EnvelopeError::Truncated)?;
+                Self::decode_from(bytes, 6, flags)
+            }
             other => Err(EnvelopeError::UnknownFormat(other)),
         }
     }
 
-    fn decode_v1(bytes: &'a [u8]) -> Result<Envelope<'a>, EnvelopeError> {
-        let header = bytes.get(..HEADER_FIXED).ok_or(EnvelopeError::Truncated)?;
+    /// Decodes the fields shared by formats 1 and 2, which start at `at`.
+    fn decode_from(bytes: &'a [u8], at: usize, flags: u8) -> Result<Envelope<'a>, EnvelopeError> {
+        let header = bytes.get(at..at + 9).ok_or(EnvelopeError::Truncated)?;
         let mut version = [0u8; 8];
-        version.copy_from_slice(&header[5..13]);
-        let ct_len = usize::from(header[13]);
+        version.copy_from_slice(&header[..8]);
+        let ct_len = usize::from(header[8]);
+        let ct_at = at + 9;
         let ct = bytes
-            .get(HEADER_FIXED..HEADER_FIXED + ct_len)
+            .get(ct_at..ct_at + ct_len)
             .ok_or(EnvelopeError::Truncated)?;
         let content_type = std::str::from_utf8(ct).map_err(|_| EnvelopeError::BadContentType)?;
         Ok(Envelope {
             version: u64::from_be_bytes(version),
             content_type,
-            body: &bytes[HEADER_FIXED + ct_len..],
+            body: &bytes[ct_at + ct_len..],
+            tombstone: flags & FLAG_TOMBSTONE != 0,
         })
     }
 
-    /// Where the body starts in an encoded record, for zero-copy slicing.
+    /// Where the body starts in a record of the current format, for
+    /// zero-copy slicing.
     pub fn body_offset(&self) -> usize {
         HEADER_FIXED + self.content_type.len()
+    }
+
+    /// Where the body starts in `record`, whatever its format (0 if the
+    /// record does not decode).
+    pub fn body_offset_in(record: &[u8]) -> usize {
+        match (record.get(4), Envelope::decode(record)) {
+            (Some(1), Ok(e)) => HEADER_FIXED_V1 + e.content_type.len(),
+            (_, Ok(e)) => e.body_offset(),
+            _ => 0,
+        }
     }
 }
 
@@ -141,10 +173,11 @@ mod tests {
             version: 0x0102_0304_0506_0708,
             content_type: "application/json",
             body: br#"{"a":1}"#,
+            tombstone: false,
         };
         let bytes = e.encode().unwrap();
-        assert_eq!(&bytes[..5], b"PFLD\x01");
-        assert_eq!(&bytes[5..13], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&bytes[..6], b"PFLD\x02\x00");
+        assert_eq!(&bytes[6..14], &[1, 2, 3, 4, 5, 6, 7, 8]);
         let d = Envelope::decode(&bytes).unwrap();
         assert_eq!(d, e);
         assert_eq!(&bytes[d.body_offset()..], e.body);
@@ -156,8 +189,32 @@ mod tests {
             version: 1,
             content_type: "",
             body: b"",
+            tombstone: true,
         };
-        assert_eq!(Envelope::decode(&e.encode().unwrap()).unwrap(), e);
+        let bytes = e.encode().unwrap();
+        assert_eq!(bytes[5], 1, "tombstone flag");
+        assert_eq!(Envelope::decode(&bytes).unwrap(), e);
+    }
+
+    #[test]
+    fn format_1_still_decodes() {
+        // A record written by the walking skeleton: no flags byte.
+        let mut v1 = b"PFLD\x01".to_vec();
+        v1.extend_from_slice(&7u64.to_be_bytes());
+        v1.push(16);
+        v1.extend_from_slice(b"application/json");
+        v1.extend_from_slice(b"[1]");
+        let e = Envelope::decode(&v1).unwrap();
+        assert_eq!(
+            e,
+            Envelope {
+                version: 7,
+                content_type: "application/json",
+                body: b"[1]",
+                tombstone: false,
+            }
+        );
+        assert_eq!(&v1[Envelope::body_offset_in(&v1)..], b"[1]");
     }
 
     #[test]
@@ -175,6 +232,7 @@ mod tests {
             Envelope::decode(b"PFLD\x01\0\0\0"),
             Err(EnvelopeError::Truncated)
         );
+        assert_eq!(Envelope::decode(b"PFLD\x02"), Err(EnvelopeError::Truncated));
         let mut short_ct = b"PFLD\x01\0\0\0\0\0\0\0\x01\x05ab".to_vec();
         assert_eq!(Envelope::decode(&short_ct), Err(EnvelopeError::Truncated));
         short_ct.truncate(3);
@@ -183,6 +241,7 @@ mod tests {
             version: 1,
             content_type: &long,
             body: b"",
+            tombstone: false,
         };
         assert_eq!(e.encode(), Err(EnvelopeError::BadContentType));
     }

@@ -1,11 +1,13 @@
-//! HTTP rules both sides apply identically: ETags, `If-None-Match`, accepted
-//! media types, and RFC 9457 problem bodies.
+//! HTTP rules both sides apply identically: ETags, `If-None-Match`, write
+//! preconditions (`If-Match`, `If-None-Match`), accepted media types, and
+//! RFC 9457 problem bodies.
 //!
 //! The problem catalogue lives here so that the edge and the origin answer the
 //! same mistake with the same `type`, `title` and status, whichever of them
 //! catches it first.
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 /// The media type of every error body.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
@@ -13,6 +15,12 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 pub const VERSION_HEADER: &str = "x-prefold-version";
 /// The response header saying where the edge found an answer (`kv`, `origin`).
 pub const SOURCE_HEADER: &str = "x-prefold-source";
+
+/// The request and response header naming a write's durability
+/// (`memory`, `log`, `store`).
+pub const DURABILITY_HEADER: &str = "x-prefold-durability";
+/// The media type of a JSON merge patch (RFC 7386).
+pub const MERGE_PATCH_CONTENT_TYPE: &str = "application/merge-patch+json";
 
 /// The strong ETag of an object version.
 pub fn etag(version: u64) -> String {
@@ -27,6 +35,110 @@ pub fn if_none_match(header: &str, current_etag: &str) -> bool {
         .split(',')
         .map(str::trim)
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == current_etag)
+}
+
+/// The preconditions of one write, from its `If-Match` and `If-None-Match`
+/// headers (RFC 9110 §13.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preconditions {
+    if_match: Option<TagList>,
+    if_none_match: Option<TagList>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TagList {
+    Any,
+    /// `(weak, opaque tag with quotes)`.
+    Tags(Vec<(bool, String)>),
+}
+
+/// A precondition header that is not a valid entity-tag list.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{header} is not `*` or a list of quoted entity tags: {value:?}")]
+pub struct PreconditionError {
+    /// The header name.
+    pub header: &'static str,
+    /// The offending value (cut to 64 characters).
+    pub value: String,
+}
+
+impl TagList {
+    fn parse(header: &'static str, value: &str) -> Result<TagList, PreconditionError> {
+        let bad = || PreconditionError {
+            header,
+            value: value.chars().take(64).collect(),
+        };
+        let value = value.trim();
+        if value == "*" {
+            return Ok(TagList::Any);
+        }
+        let mut tags = Vec::new();
+        for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (weak, opaque) = match item.strip_prefix("W/") {
+                Some(rest) => (true, rest),
+                None => (false, item),
+            };
+            // etagc = %x21 / %x23-7E / obs-text; no quote inside.
+            let inner = opaque
+                .strip_prefix('"')
+                .and_then(|o| o.strip_suffix('"'))
+                .ok_or_else(bad)?;
+            if !inner
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b))
+            {
+                return Err(bad());
+            }
+            tags.push((weak, opaque.to_owned()));
+        }
+        if tags.is_empty() {
+            return Err(bad());
+        }
+        Ok(TagList::Tags(tags))
+    }
+}
+
+impl Preconditions {
+    /// Parses the two headers (either may be absent).
+    pub fn parse(
+        if_match: Option<&str>,
+        if_none_match: Option<&str>,
+    ) -> Result<Preconditions, PreconditionError> {
+        Ok(Preconditions {
+            if_match: if_match
+                .map(|v| TagList::parse("If-Match", v))
+                .transpose()?,
+            if_none_match: if_none_match
+                .map(|v| TagList::parse("If-None-Match", v))
+                .transpose()?,
+        })
+    }
+
+    /// Whether the write carries no precondition at all.
+    pub fn is_empty(&self) -> bool {
+        self.if_match.is_none() && self.if_none_match.is_none()
+    }
+
+    /// Whether the write may proceed, given the current object's ETag (`None`
+    /// when there is no object, or it was deleted). `If-Match` uses the
+    /// strong comparison (a weak tag never matches); `If-None-Match` the weak
+    /// one, as RFC 9110 §13.1.1–2 prescribe.
+    pub fn allow(&self, current_etag: Option<&str>) -> bool {
+        let if_match_ok = match (&self.if_match, current_etag) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(TagList::Any), Some(_)) => true,
+            (Some(TagList::Tags(tags)), Some(cur)) => {
+                tags.iter().any(|(weak, t)| !*weak && t == cur)
+            }
+        };
+        let if_none_match_ok = match (&self.if_none_match, current_etag) {
+            (None, _) | (Some(_), None) => true,
+            (Some(TagList::Any), Some(_)) => false,
+            (Some(TagList::Tags(tags)), Some(cur)) => tags.iter().all(|(_, t)| t != cur),
+        };
+        if_match_ok && if_none_match_ok
+    }
 }
 
 /// Whether a `Content-Type` names JSON: `application/json` or any
@@ -56,6 +168,19 @@ pub fn check_json(body: &[u8]) -> Result<(), String> {
 pub enum ProblemKind {
     /// The key breaks the grammar (400).
     InvalidKey,
+    /// A header or query parameter has a value the server cannot use (400).
+    InvalidRequest,
+    /// `If-Match` / `If-None-Match` that is not a valid entity-tag list (400).
+    InvalidPrecondition,
+    /// The operation does not fit the current object, e.g. incrementing a
+    /// string (409).
+    Conflict,
+    /// `If-Match` / `If-None-Match` did not hold (412).
+    PreconditionFailed,
+    /// This key's writes must carry `If-Match` or `If-None-Match` (428).
+    PreconditionRequired,
+    /// Too many writes are waiting for the store; retry later (503).
+    Overloaded,
     /// The body is not valid JSON (400).
     MalformedJson,
     /// No object under this key (404).
@@ -78,13 +203,19 @@ impl ProblemKind {
     /// HTTP status code.
     pub fn status(self) -> u16 {
         match self {
-            ProblemKind::InvalidKey | ProblemKind::MalformedJson => 400,
+            ProblemKind::InvalidKey
+            | ProblemKind::MalformedJson
+            | ProblemKind::InvalidRequest
+            | ProblemKind::InvalidPrecondition => 400,
+            ProblemKind::Conflict => 409,
+            ProblemKind::PreconditionFailed => 412,
+            ProblemKind::PreconditionRequired => 428,
             ProblemKind::NotFound => 404,
             ProblemKind::MethodNotAllowed => 405,
             ProblemKind::PayloadTooLarge => 413,
             ProblemKind::UnsupportedMediaType => 415,
             ProblemKind::Internal => 500,
-            ProblemKind::OriginUnavailable | ProblemKind::NotReady => 503,
+            ProblemKind::OriginUnavailable | ProblemKind::NotReady | ProblemKind::Overloaded => 503,
         }
     }
 
@@ -92,6 +223,12 @@ impl ProblemKind {
     pub fn slug(self) -> &'static str {
         match self {
             ProblemKind::InvalidKey => "invalid-key",
+            ProblemKind::InvalidRequest => "invalid-request",
+            ProblemKind::InvalidPrecondition => "invalid-precondition",
+            ProblemKind::Conflict => "conflict",
+            ProblemKind::PreconditionFailed => "precondition-failed",
+            ProblemKind::PreconditionRequired => "precondition-required",
+            ProblemKind::Overloaded => "overloaded",
             ProblemKind::MalformedJson => "malformed-json",
             ProblemKind::NotFound => "not-found",
             ProblemKind::MethodNotAllowed => "method-not-allowed",
@@ -107,6 +244,12 @@ impl ProblemKind {
     pub fn title(self) -> &'static str {
         match self {
             ProblemKind::InvalidKey => "Invalid key",
+            ProblemKind::InvalidRequest => "Invalid request",
+            ProblemKind::InvalidPrecondition => "Invalid precondition header",
+            ProblemKind::Conflict => "Conflict with the current object",
+            ProblemKind::PreconditionFailed => "Precondition failed",
+            ProblemKind::PreconditionRequired => "Precondition required",
+            ProblemKind::Overloaded => "Overloaded",
             ProblemKind::MalformedJson => "Malformed JSON body",
             ProblemKind::NotFound => "No such object",
             ProblemKind::MethodNotAllowed => "Method not allowed",
@@ -167,6 +310,34 @@ mod tests {
         assert!(!if_none_match("\"fe\"", &t));
         assert!(!if_none_match("ff", &t));
         assert!(!if_none_match("", &t));
+    }
+
+    #[test]
+    fn preconditions() {
+        let cur = Some("\"ff\"");
+        let p = |m: Option<&str>, n: Option<&str>| Preconditions::parse(m, n).unwrap();
+        assert!(p(None, None).is_empty());
+        assert!(p(None, None).allow(cur) && p(None, None).allow(None));
+        // If-Match: strong comparison, fails on absence.
+        assert!(p(Some("\"ff\""), None).allow(cur));
+        assert!(p(Some("\"aa\", \"ff\""), None).allow(cur));
+        assert!(!p(Some("W/\"ff\""), None).allow(cur));
+        assert!(!p(Some("\"fe\""), None).allow(cur));
+        assert!(!p(Some("\"ff\""), None).allow(None));
+        assert!(p(Some("*"), None).allow(cur));
+        assert!(!p(Some("*"), None).allow(None));
+        // If-None-Match: `*` means create only; tags use weak comparison.
+        assert!(p(None, Some("*")).allow(None));
+        assert!(!p(None, Some("*")).allow(cur));
+        assert!(!p(None, Some("W/\"ff\"")).allow(cur));
+        assert!(p(None, Some("\"aa\"")).allow(cur));
+        // Both.
+        assert!(!p(Some("\"ff\""), Some("\"ff\"")).allow(cur));
+        for bad in ["ff", "\"ff", "", " , ", "\"a\"b\"", "W/ff", "\"a b\""] {
+            let e = Preconditions::parse(Some(bad), None).unwrap_err();
+            assert_eq!(e.header, "If-Match", "{bad:?}");
+            assert!(Preconditions::parse(None, Some(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! client can smuggle a separator past the segment checks.
 
 use std::fmt;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -24,8 +25,11 @@ use thiserror::Error;
 pub const MAX_KEY_BYTES: usize = 512;
 
 /// A validated key in canonical (decoded) form.
+///
+/// Shared, not owned: one key is held at once by the hot tier, the directory
+/// of existing keys and the write-behind set, so a clone is a reference count.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(String);
+pub struct Key(Arc<str>);
 
 /// Why a raw key was rejected. Every variant maps to `400 Bad Request`.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -179,7 +183,7 @@ impl Key {
         if count < 2 {
             return Err(KeyError::TooFewSegments);
         }
-        Ok(Key(out))
+        Ok(Key(Arc::from(out)))
     }
 
     /// The canonical key: decoded, every character unreserved or `/`.

@@ -25,6 +25,6 @@ pub mod routing;
 
 pub use config::{ConfigError, EdgeConfig};
 pub use envelope::{Envelope, EnvelopeError};
-pub use http::{Problem, ProblemKind};
+pub use http::{Preconditions, Problem, ProblemKind};
 pub use key::{Key, KeyError};
 pub use routing::{Origin, OriginList, RoutingError};

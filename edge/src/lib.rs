@@ -25,10 +25,10 @@ use std::time::Duration;
 use futures::future::{select, Either};
 use prefold_core::config::EdgeConfig;
 use prefold_core::http::{
-    check_json, etag, if_none_match, is_json_media_type, PROBLEM_CONTENT_TYPE, SOURCE_HEADER,
-    VERSION_HEADER,
+    check_json, etag, if_none_match, is_json_media_type, DURABILITY_HEADER,
+    MERGE_PATCH_CONTENT_TYPE, PROBLEM_CONTENT_TYPE, SOURCE_HEADER, VERSION_HEADER,
 };
-use prefold_core::{ConfigError, Key, KeyError, Origin, Problem, ProblemKind};
+use prefold_core::{ConfigError, Key, KeyError, Origin, Preconditions, Problem, ProblemKind};
 use serde::{Deserialize, Serialize};
 use worker::{
     event, js_sys, AbortController, Context, Delay, Env, Fetch, Headers, Method, Request,
@@ -59,6 +59,7 @@ enum EdgeError {
     UnsupportedMediaType(String),
     TooLarge { limit: u32 },
     MalformedJson(String),
+    BadPrecondition(prefold_core::http::PreconditionError),
     NotFound,
     MethodNotAllowed(&'static str),
     OriginTimeout { origin: String },
@@ -96,6 +97,9 @@ impl EdgeError {
                 None,
             ),
             EdgeError::MalformedJson(d) => (ProblemKind::MalformedJson, Some(d), None),
+            EdgeError::BadPrecondition(e) => {
+                (ProblemKind::InvalidPrecondition, Some(e.to_string()), None)
+            }
             EdgeError::NotFound => (ProblemKind::NotFound, None, None),
             EdgeError::MethodNotAllowed(allow) => {
                 let mut r = problem(
@@ -179,8 +183,12 @@ async fn route(req: Request, env: &Env, ctx: &Context) -> Result<Response, EdgeE
         let cfg = config(env)?;
         return match req.method() {
             Method::Get | Method::Head => get_object(&req, env, ctx, &cfg, key).await,
-            Method::Put => put_object(req, env, ctx, &cfg, key).await,
-            _ => Err(EdgeError::MethodNotAllowed("GET, HEAD, PUT")),
+            Method::Put | Method::Patch | Method::Delete | Method::Post => {
+                write_object(req, env, ctx, &cfg, key).await
+            }
+            _ => Err(EdgeError::MethodNotAllowed(
+                "GET, HEAD, PUT, PATCH, DELETE, POST",
+            )),
         };
     }
     if let Some(raw) = path.strip_prefix("/_prefold/route/") {
@@ -292,15 +300,29 @@ async fn get_object(
     }
 }
 
-async fn put_object(
+/// Validates a write with the shared rules and forwards it to the key's
+/// owner. A `PUT` fills KV with the body it wrote; any other write (merge
+/// patch, delete, append, increment) produces a body the edge has not seen,
+/// so it drops the KV copy and the next read fills it from the owner.
+async fn write_object(
     mut req: Request,
     env: &Env,
     ctx: &Context,
     cfg: &EdgeConfig,
     key: Key,
 ) -> Result<Response, EdgeError> {
+    let method = req.method();
     let ct = req.headers().get("content-type")?.unwrap_or_default();
-    if !is_json_media_type(&ct) {
+    let has_body = method != Method::Delete;
+    let ct_ok = match method {
+        Method::Patch => ct
+            .split(';')
+            .next()
+            .is_some_and(|e| e.trim().eq_ignore_ascii_case(MERGE_PATCH_CONTENT_TYPE)),
+        Method::Delete => true,
+        _ => is_json_media_type(&ct),
+    };
+    if !ct_ok {
         return Err(EdgeError::UnsupportedMediaType(ct));
     }
     let limit = cfg.max_body_bytes;
@@ -311,20 +333,46 @@ async fn put_object(
     if declared.is_some_and(|n| n > u64::from(limit)) {
         return Err(EdgeError::TooLarge { limit });
     }
-    let body = req.bytes().await?;
+    let body = if has_body {
+        req.bytes().await?
+    } else {
+        Vec::new()
+    };
     if body.len() as u64 > u64::from(limit) {
         return Err(EdgeError::TooLarge { limit });
     }
-    check_json(&body).map_err(EdgeError::MalformedJson)?;
+    if has_body {
+        check_json(&body).map_err(EdgeError::MalformedJson)?;
+    }
+    let if_match = req.headers().get("if-match")?;
+    let if_none_match = req.headers().get("if-none-match")?;
+    Preconditions::parse(if_match.as_deref(), if_none_match.as_deref())
+        .map_err(EdgeError::BadPrecondition)?;
 
     let owner = cfg.origins.owner(&key);
-    let url = object_url(owner, &key);
+    let mut url = object_url(owner, &key);
+    if let Ok(u) = req.url() {
+        if let Some(q) = u.query() {
+            url.push('?');
+            url.push_str(q);
+        }
+    }
     let headers = Headers::new();
-    headers.set("content-type", &ct)?;
+    for name in [
+        "content-type",
+        "if-match",
+        "if-none-match",
+        DURABILITY_HEADER,
+    ] {
+        if let Some(v) = req.headers().get(name)? {
+            headers.set(name, &v)?;
+        }
+    }
     let mut init = RequestInit::new();
-    init.with_method(Method::Put)
-        .with_headers(headers)
-        .with_body(Some(js_sys::Uint8Array::from(&body[..]).into()));
+    init.with_method(method.clone()).with_headers(headers);
+    if has_body {
+        init.with_body(Some(js_sys::Uint8Array::from(&body[..]).into()));
+    }
     let (resp, answer_body) = call_origin(
         Request::new_with_init(&url, &init)?,
         &owner.name,
@@ -332,24 +380,29 @@ async fn put_object(
     )
     .await?;
     let status = resp.status_code();
-    if status >= 500 {
+    if status >= 500 && status != 503 {
         return Err(EdgeError::OriginFailed {
             origin: owner.name.clone(),
             status,
         });
     }
     if (200..300).contains(&status) {
-        let version = header_version(&resp, &owner.name)?;
-        fill_kv(ctx, env, key, body, version, ct)?;
+        if method == Method::Put {
+            let version = header_version(&resp, &owner.name)?;
+            fill_kv(ctx, env, key, body, version, ct)?;
+        } else {
+            drop_kv(ctx, env, key)?;
+        }
     }
-    // The origin's answer (success, or a client error with its problem body)
-    // goes back as it came.
+    // The origin's answer (success, or a client error or 503 with its
+    // problem body) goes back as it came.
     let out = Headers::new();
     for name in [
         "content-type",
         "etag",
         VERSION_HEADER,
-        "x-prefold-durability",
+        DURABILITY_HEADER,
+        "retry-after",
     ] {
         if let Some(v) = resp.headers().get(name)? {
             out.set(name, &v)?;
@@ -358,6 +411,17 @@ async fn put_object(
     Ok(Response::from_bytes(answer_body)?
         .with_status(status)
         .with_headers(out))
+}
+
+/// Deletes a key's KV copy after the response is sent.
+fn drop_kv(ctx: &Context, env: &Env, key: Key) -> Result<(), EdgeError> {
+    let kv = env.kv(KV_BINDING)?;
+    ctx.wait_until(async move {
+        if let Err(e) = kv.delete(key.as_str()).await {
+            worker::console_error!("KV delete of {key} failed: {e}");
+        }
+    });
+    Ok(())
 }
 
 /// Where an origin serves a key.

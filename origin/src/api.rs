@@ -1,20 +1,26 @@
 //! The origin's HTTP surface: `app(state) -> Router`.
 //!
-//! Routes: `GET|HEAD|PUT /o/{key}`, `GET /healthz`, `GET /readyz`. Every error
-//! is an RFC 9457 problem body built from the shared catalogue in
-//! `prefold_core::http`; internal errors are logged in full and answered with
-//! a bare 500, so nothing internal leaks into a response.
+//! Routes: `GET|HEAD|PUT|PATCH|DELETE|POST /o/{key}`, `GET /healthz`,
+//! `GET /readyz`, `GET /metrics`. Every error is an RFC 9457 problem body
+//! built from the shared catalogue in `prefold_core::http`; internal errors
+//! are logged in full and answered with a bare 500, so nothing internal leaks
+//! into a response.
+//!
+//! Every check a request can fail without touching state (key, media type,
+//! size, JSON, precondition syntax, durability, required preconditions) runs
+//! here, before the engine sees the write; the engine's own refusals
+//! (412, 409, 404, 503) happen before it changes anything. So a rejected
+//! request leaves no trace in memory, log or store.
 //!
 //! Keys are taken from the raw request path (still percent-encoded) rather
 //! than from axum's decoded path parameters, because the shared key grammar
 //! must see an encoded `/` to reject it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
@@ -22,19 +28,30 @@ use axum::Router;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use prefold_core::http::{
-    check_json, if_none_match, is_json_media_type, PROBLEM_CONTENT_TYPE, VERSION_HEADER,
+    check_json, if_none_match, is_json_media_type, DURABILITY_HEADER, MERGE_PATCH_CONTENT_TYPE,
+    PROBLEM_CONTENT_TYPE, VERSION_HEADER,
 };
-use prefold_core::{Key, Problem, ProblemKind};
-use serde::Serialize;
+use prefold_core::{Key, Preconditions, Problem, ProblemKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::error::ApiError;
-use crate::flush::{Dirty, FlushStats};
-use crate::hot::{HotTier, Object};
+use crate::config::Config;
+use crate::dirty::Dirty;
+use crate::engine::{Durability, Engine, Write};
+use crate::error::{ApiError, EngineError};
+use crate::flush::FlushStats;
+use crate::hot::HotTier;
+use crate::metrics::{self, Snapshot};
+use crate::object::Object;
+use crate::ops::Op;
+use crate::wal::Wal;
 
-/// Header naming the durability a write met before it was acknowledged.
-pub const DURABILITY_HEADER: &str = "x-prefold-durability";
 /// Browsers and CDNs may keep a copy but must revalidate it (cheap: ETag/304).
 const CACHE_CONTROL: &str = "public, max-age=0, must-revalidate";
+/// Every method `/o/{key}` answers.
+const ALLOW: &str = "GET, HEAD, PUT, PATCH, DELETE, POST";
+/// Operation names, for the per-operation write counters.
+const OPS: [&str; 5] = ["put", "patch", "delete", "append", "increment"];
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -42,31 +59,42 @@ pub struct AppState(Arc<Inner>);
 
 /// What [`AppState`] holds.
 pub struct Inner {
+    /// The engine, once the warm load has finished.
+    pub engine: OnceLock<Engine>,
     /// The hot tier.
-    pub hot: HotTier,
+    pub hot: Arc<HotTier>,
     /// Writes not yet in the store.
     pub dirty: Arc<Dirty>,
     /// Flusher counters.
     pub flush_stats: Arc<FlushStats>,
-    /// Largest accepted body.
-    pub max_body_bytes: u32,
+    /// The log, if writes are logged.
+    pub wal: Option<Wal>,
+    /// Objects loaded by the warm-up so far.
+    pub warm_progress: AtomicU64,
+    config: Config,
     ready: AtomicBool,
+    writes: [AtomicU64; 5],
 }
 
 impl AppState {
-    /// Builds the state; it starts not ready.
+    /// Builds the state; it starts not ready, with no engine.
     pub fn new(
-        hot: HotTier,
+        config: Config,
+        hot: Arc<HotTier>,
         dirty: Arc<Dirty>,
         flush_stats: Arc<FlushStats>,
-        max_body_bytes: u32,
+        wal: Option<Wal>,
     ) -> AppState {
         AppState(Arc::new(Inner {
+            engine: OnceLock::new(),
             hot,
             dirty,
             flush_stats,
-            max_body_bytes,
+            wal,
+            warm_progress: AtomicU64::new(0),
+            config,
             ready: AtomicBool::new(false),
+            writes: Default::default(),
         }))
     }
 
@@ -84,18 +112,63 @@ impl AppState {
     pub fn inner(&self) -> &Inner {
         &self.0
     }
+
+    fn engine(&self) -> Result<&Engine, ApiError> {
+        match self.0.engine.get() {
+            Some(e) if self.is_ready() => Ok(e),
+            _ => Err(ApiError::NotReady),
+        }
+    }
+
+    /// Everything `/metrics` reports, now.
+    pub fn snapshot(&self) -> Snapshot {
+        let i = &self.0;
+        let backlog = i.dirty.backlog();
+        let f = &i.flush_stats;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            backlog_keys: backlog.keys as u64,
+            backlog_bytes: backlog.bytes as u64,
+            backlog_oldest_seconds: backlog.oldest.as_secs_f64(),
+            store_puts: load(&f.puts),
+            store_retries: load(&f.retries),
+            store_failures: load(&f.failures),
+            store_superseded: load(&f.superseded),
+            coalesced: i.dirty.coalesced(),
+            writes: OPS
+                .iter()
+                .zip(&i.writes)
+                .map(|(op, n)| (*op, load(n)))
+                .collect(),
+            store_loads: i.engine.get().map_or(0, Engine::store_loads),
+            evictions: i.hot.evictions(),
+            hot_entries: i.hot.entries(),
+            hot_bytes: i.hot.weighted_bytes(),
+            wal_fsyncs: i.wal.as_ref().map_or(0, Wal::fsyncs),
+            wal_records: i.wal.as_ref().map_or(0, Wal::records),
+            wal_trimmed: load(&f.trimmed),
+            warm_objects: load(&i.warm_progress),
+            ready: self.is_ready(),
+        }
+    }
 }
 
 /// The origin's router.
 pub fn app(state: AppState) -> Router {
     let objects = || -> MethodRouter<AppState> {
-        get(get_object).put(put_object).fallback(method_not_allowed)
+        get(get_object)
+            .put(put_object)
+            .patch(patch_object)
+            .delete(delete_object)
+            .post(post_object)
+            .fallback(method_not_allowed)
     };
     Router::new()
         .route("/o/{*key}", objects())
         .route("/o/", objects())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError::NoRoute })
         .with_state(state)
 }
@@ -119,14 +192,36 @@ impl IntoResponse for ApiError {
                 ProblemKind::MalformedJson,
                 Some("the request body could not be read".to_owned()),
             ),
-            ApiError::NotFound => (ProblemKind::NotFound, None),
+            ApiError::NotFound | ApiError::Engine(EngineError::NotFound) => {
+                (ProblemKind::NotFound, None)
+            }
+            ApiError::InvalidRequest(d) => (ProblemKind::InvalidRequest, Some(d.clone())),
+            ApiError::InvalidPrecondition(e) => {
+                (ProblemKind::InvalidPrecondition, Some(e.to_string()))
+            }
+            ApiError::PreconditionRequired(_) => {
+                (ProblemKind::PreconditionRequired, Some(self.to_string()))
+            }
+            ApiError::Engine(EngineError::PreconditionFailed) => (
+                ProblemKind::PreconditionFailed,
+                Some("the object's current ETag does not satisfy If-Match / If-None-Match".into()),
+            ),
+            ApiError::Engine(EngineError::Conflict(d)) => (ProblemKind::Conflict, Some(d.clone())),
+            ApiError::Engine(EngineError::Overloaded) => (
+                ProblemKind::Overloaded,
+                Some("too many writes are waiting for the object store; retry later".into()),
+            ),
             ApiError::NoRoute => (ProblemKind::NotFound, Some("no such resource".to_owned())),
             ApiError::MethodNotAllowed => (
                 ProblemKind::MethodNotAllowed,
-                Some("allowed: GET, HEAD, PUT".to_owned()),
+                Some(format!("allowed: {ALLOW}")),
             ),
             ApiError::NotReady => (ProblemKind::NotReady, None),
-            ApiError::Store(_) | ApiError::Encode(_) => {
+            ApiError::Store(_)
+            | ApiError::Encode(_)
+            | ApiError::Engine(
+                EngineError::LogFailed | EngineError::Stopped | EngineError::Store(_),
+            ) => {
                 tracing::error!(error = %self, "request failed");
                 (ProblemKind::Internal, None)
             }
@@ -142,9 +237,9 @@ impl IntoResponse for ApiError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
             ApiError::MethodNotAllowed => {
-                h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
+                h.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
             }
-            ApiError::NotReady => {
+            ApiError::NotReady | ApiError::Engine(EngineError::Overloaded) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -158,11 +253,16 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.is_ready() {
-        Ok("ready")
-    } else {
-        Err(ApiError::NotReady)
-    }
+    state.engine().map(|_| "ready")
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let mut resp = metrics::render(&state.snapshot()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
 }
 
 fn key_of(uri: &Uri) -> Result<Key, ApiError> {
@@ -180,10 +280,11 @@ fn version_headers(h: &mut HeaderMap, object: &Object) {
 async fn get_object(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let key = key_of(req.uri())?;
     let headers = req.headers();
-    if !state.is_ready() {
-        return Err(ApiError::NotReady);
-    }
-    let object = state.0.hot.get(&key).await?.ok_or(ApiError::NotFound)?;
+    let object = state
+        .engine()?
+        .read(&key)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let not_modified = match (headers.get(header::IF_NONE_MATCH), object.etag().to_str()) {
         (Some(inm), Ok(tag)) => inm.to_str().is_ok_and(|inm| if_none_match(inm, tag)),
         _ => false,
@@ -192,9 +293,8 @@ async fn get_object(State(state): State<AppState>, req: Request) -> Result<Respo
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = Body::from(object.body.clone()).into_response();
-        if let Some(ct) = object.content_type_header() {
-            r.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
-        }
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, object.content_type().clone());
         r
     };
     let h = resp.headers_mut();
@@ -207,28 +307,114 @@ async fn get_object(State(state): State<AppState>, req: Request) -> Result<Respo
 }
 
 /// Reads a body, refusing it as soon as it passes `limit` bytes.
-async fn read_limited(body: Body, limit: u32) -> Result<Bytes, ApiError> {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+async fn read_limited(headers: &HeaderMap, body: Body, limit: u32) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > u64::from(limit)) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let max = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::Body(e.to_string()))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(ApiError::TooLarge {
-                limit: u32::try_from(limit).unwrap_or(u32::MAX),
-            });
+        if buf.len() + chunk.len() > max {
+            return Err(ApiError::TooLarge { limit });
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
 }
 
+/// The request's content type, if it is one of `accepted`.
+fn content_type(headers: &HeaderMap, accepted: impl Fn(&str) -> bool) -> Result<String, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not ASCII)"))
+        .unwrap_or_default();
+    // The stored envelope keeps at most 255 bytes of content type.
+    if !accepted(ct) || ct.len() > 255 {
+        return Err(ApiError::UnsupportedMediaType(
+            ct.chars().take(64).collect(),
+        ));
+    }
+    Ok(ct.to_owned())
+}
+
+/// A JSON body: size limit, then well-formedness.
+async fn json_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let body = read_limited(headers, body, state.0.config.max_body_bytes).await?;
+    check_json(&body).map_err(ApiError::MalformedJson)?;
+    Ok(body)
+}
+
 #[derive(Serialize)]
-struct PutAnswer<'a> {
+struct WriteAnswer<'a> {
     key: &'a str,
     version: u64,
-    etag: String,
+    etag: &'a str,
     durability: &'static str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+}
+
+/// The checks shared by every write, then the write itself.
+async fn write(
+    state: &AppState,
+    key: Key,
+    headers: &HeaderMap,
+    op: Op,
+    op_index: usize,
+) -> Result<Response, ApiError> {
+    let text =
+        |name: header::HeaderName| headers.get(&name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let preconditions = Preconditions::parse(text(header::IF_MATCH), text(header::IF_NONE_MATCH))?;
+    let durability = match headers.get(DURABILITY_HEADER) {
+        None => state.0.config.durability,
+        Some(v) => v.to_str().ok().and_then(Durability::parse).ok_or_else(|| {
+            ApiError::InvalidRequest(format!("{DURABILITY_HEADER} must be memory, log or store"))
+        })?,
+    };
+    if preconditions.is_empty() && state.0.config.requires_precondition(&key) {
+        return Err(ApiError::PreconditionRequired(key.kind().to_owned()));
+    }
+    let engine = state.engine()?;
+    let applied = engine
+        .write(Write {
+            key: key.clone(),
+            op,
+            preconditions,
+            durability,
+        })
+        .await?;
+    state.0.writes[op_index].fetch_add(1, Ordering::Relaxed);
+    let object = &applied.object;
+    let answer = WriteAnswer {
+        key: key.as_str(),
+        version: object.version,
+        etag: object.etag_str(),
+        durability: durability.as_str(),
+        deleted: object.tombstone,
+        result: applied.result,
+    };
+    let status = if applied.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = (status, axum::Json(answer)).into_response();
+    let h = resp.headers_mut();
+    version_headers(h, object);
+    h.insert(
+        DURABILITY_HEADER,
+        HeaderValue::from_static(durability.as_str()),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 async fn put_object(
@@ -238,57 +424,93 @@ async fn put_object(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri)?;
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or("(not ASCII)"))
-        .unwrap_or_default();
-    // The stored envelope keeps at most 255 bytes of content type.
-    if !is_json_media_type(ct) || ct.len() > 255 {
-        return Err(ApiError::UnsupportedMediaType(
-            ct.chars().take(64).collect(),
+    let content_type = content_type(&headers, is_json_media_type)?;
+    let body = json_body(&state, &headers, body).await?;
+    let op = Op::Put { content_type, body };
+    write(&state, key, &headers, op, 0).await
+}
+
+async fn patch_object(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = key_of(&uri)?;
+    content_type(&headers, |ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|e| e.trim().eq_ignore_ascii_case(MERGE_PATCH_CONTENT_TYPE))
+    })?;
+    let body = json_body(&state, &headers, body).await?;
+    let patch: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    write(&state, key, &headers, Op::Patch(patch), 1).await
+}
+
+async fn delete_object(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = key_of(&uri)?;
+    write(&state, key, &headers, Op::Delete, 2).await
+}
+
+/// `POST /o/{key}?op=append|increment&path=/json/pointer`.
+#[derive(Deserialize)]
+struct OpQuery {
+    op: Option<String>,
+    #[serde(default)]
+    path: String,
+}
+
+async fn post_object(
+    State(state): State<AppState>,
+    uri: Uri,
+    query: Result<Query<OpQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = key_of(&uri)?;
+    let Query(q) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let op_name = q.op.unwrap_or_default();
+    if op_name != "append" && op_name != "increment" {
+        return Err(ApiError::InvalidRequest(
+            "POST needs ?op=append or ?op=increment (and &path=/json/pointer)".to_owned(),
         ));
     }
-    let limit = state.0.max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > u64::from(limit)) {
-        return Err(ApiError::TooLarge { limit });
+    if !q.path.is_empty() && !q.path.starts_with('/') {
+        return Err(ApiError::InvalidRequest(format!(
+            "path {:?} is not a JSON pointer (RFC 6901): it must be empty or start with `/`",
+            q.path
+        )));
     }
-    let body = read_limited(body, limit).await?;
-    check_json(&body).map_err(ApiError::MalformedJson)?;
-    if !state.is_ready() {
-        return Err(ApiError::NotReady);
-    }
-
-    let now_micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    let written = state
-        .0
-        .hot
-        .put(key.clone(), ct.to_owned(), body, now_micros)
-        .await?;
-    let answer = PutAnswer {
-        key: key.as_str(),
-        version: written.object.version,
-        etag: written
-            .object
-            .etag()
-            .to_str()
-            .unwrap_or_default()
-            .to_owned(),
-        durability: "memory",
-    };
-    let status = if written.created {
-        StatusCode::CREATED
+    content_type(&headers, is_json_media_type)?;
+    let body = json_body(&state, &headers, body).await?;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let (op, index) = if op_name == "append" {
+        (
+            Op::Append {
+                pointer: q.path,
+                value,
+            },
+            3,
+        )
     } else {
-        StatusCode::OK
+        let Value::Number(delta) = value else {
+            return Err(ApiError::InvalidRequest(
+                "an increment's body must be a JSON number".to_owned(),
+            ));
+        };
+        (
+            Op::Increment {
+                pointer: q.path,
+                delta,
+            },
+            4,
+        )
     };
-    let mut resp = (status, axum::Json(answer)).into_response();
-    let h = resp.headers_mut();
-    version_headers(h, &written.object);
-    h.insert(DURABILITY_HEADER, HeaderValue::from_static("memory"));
-    Ok(resp)
+    write(&state, key, &headers, op, index).await
 }

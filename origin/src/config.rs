@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use prefold_core::config::{DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_CEILING, VAR_MAX_BODY_BYTES};
+use prefold_core::{Key, OriginList};
+
+use crate::engine::Durability;
+use crate::flush::Conditional;
 
 /// Which object store backs the origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,6 +65,66 @@ pub struct Config {
     /// On shutdown, how long to keep trying to store pending writes.
     #[arg(long, env = "PREFOLD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+
+    /// What a write must reach before it is acknowledged, unless the request
+    /// asks otherwise with `x-prefold-durability`.
+    #[arg(long, env = "PREFOLD_DURABILITY", value_enum, default_value = "log")]
+    pub durability: Durability,
+
+    /// Size at which a write-ahead log segment is closed (closed segments
+    /// are deleted once the store holds their writes).
+    #[arg(long, env = "PREFOLD_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    pub wal_segment_bytes: u64,
+
+    /// Partition workers (each is the only writer of its keys); 0 picks four
+    /// per CPU.
+    #[arg(long, env = "PREFOLD_PARTITIONS", default_value_t = 0)]
+    pub partitions: usize,
+
+    /// Most keys waiting for the store; past it, writes of new keys get 503.
+    #[arg(long, env = "PREFOLD_MAX_BACKLOG_KEYS", default_value_t = 100_000)]
+    pub max_backlog_keys: usize,
+
+    /// Most bytes waiting for the store; past it, growing writes get 503.
+    #[arg(long, env = "PREFOLD_MAX_BACKLOG_BYTES", default_value_t = 256 << 20)]
+    pub max_backlog_bytes: usize,
+
+    /// Longest wait for one store request (PUT, or a load after eviction)
+    /// before it counts as failed and is retried.
+    #[arg(long, env = "PREFOLD_STORE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub store_timeout_ms: u64,
+
+    /// Conditional puts the store supports. Default: `create` for the local
+    /// filesystem (it has no `Update`), `full` for S3 and memory.
+    #[arg(long, env = "PREFOLD_CONDITIONAL_PUTS", value_enum)]
+    pub conditional_puts: Option<Conditional>,
+
+    /// Key types (first key segment) whose writes must carry `If-Match` or
+    /// `If-None-Match` (428 otherwise): a comma-separated list, or `*` for all.
+    #[arg(long, env = "PREFOLD_REQUIRE_PRECONDITION", value_delimiter = ',')]
+    pub require_precondition: Vec<String>,
+
+    /// The cluster's origins, `name=url,...`, as the edge has them. With it,
+    /// the origin loads only the keys it owns; without it, it owns every key.
+    #[arg(long, env = "PREFOLD_ORIGINS", value_parser = parse_origins)]
+    pub origins: Option<OriginList>,
+
+    /// This origin's name in `--origins`.
+    #[arg(long, env = "PREFOLD_NAME", requires = "origins")]
+    pub name: Option<String>,
+
+    /// Objects fetched at once by the warm load.
+    #[arg(long, env = "PREFOLD_WARM_CONCURRENCY", default_value_t = 64)]
+    pub warm_concurrency: usize,
+
+    /// Fault injection for tests and drills: wrap the store in a wrapper
+    /// controlled by this file (see the `faults` module). Never in production.
+    #[arg(long, env = "PREFOLD_FAULT_FILE")]
+    pub fault_file: Option<PathBuf>,
+}
+
+fn parse_origins(s: &str) -> Result<OriginList, String> {
+    OriginList::parse(s).map_err(|e| e.to_string())
 }
 
 impl Config {
@@ -77,6 +141,55 @@ impl Config {
     /// The shutdown drain deadline.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The store request timeout.
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.store_timeout_ms)
+    }
+
+    /// The number of partition workers.
+    pub fn partitions(&self) -> usize {
+        if self.partitions > 0 {
+            return self.partitions;
+        }
+        std::thread::available_parallelism().map_or(4, |n| n.get() * 4)
+    }
+
+    /// The conditional puts to use with the configured store.
+    pub fn conditional(&self) -> Conditional {
+        self.conditional_puts.unwrap_or(match self.store {
+            StoreKind::Fs => Conditional::Create,
+            StoreKind::S3 | StoreKind::Memory => Conditional::Full,
+        })
+    }
+
+    /// Whether writes of this key must carry a precondition.
+    pub fn requires_precondition(&self, key: &Key) -> bool {
+        self.require_precondition
+            .iter()
+            .any(|t| t == "*" || t == key.kind())
+    }
+
+    /// Whether this origin owns a key (every key without `--origins`).
+    pub fn owns(&self, key: &Key) -> bool {
+        match (&self.origins, &self.name) {
+            (Some(list), Some(name)) => list.owner(key).name == *name,
+            _ => true,
+        }
+    }
+
+    /// Checks what clap cannot: the name is in the origin list.
+    pub fn validate(&self) -> Result<(), String> {
+        if let (Some(list), Some(name)) = (&self.origins, &self.name) {
+            if !list.origins().iter().any(|o| o.name == *name) {
+                return Err(format!("--name {name:?} is not in --origins"));
+            }
+        }
+        if self.origins.is_some() && self.name.is_none() {
+            return Err("--origins needs --name (which origin this is)".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -101,5 +214,39 @@ mod tests {
         assert_eq!(c.max_body_bytes, 10);
         assert!(Config::try_parse_from(["prefold-origin", "--max-body-bytes", "0"]).is_err());
         assert!(Config::try_parse_from(["prefold-origin", "--store", "ftp"]).is_err());
+        assert_eq!(c.durability, Durability::Log);
+        assert_eq!(c.conditional(), Conditional::Full);
+        assert_eq!(Config::defaults().conditional(), Conditional::Create);
+    }
+
+    #[test]
+    fn preconditions_and_ownership() {
+        let c = Config::try_parse_from([
+            "prefold-origin",
+            "--require-precondition",
+            "account,order",
+            "--origins",
+            "a=http://127.0.0.1:1,b=http://127.0.0.1:2",
+            "--name",
+            "b",
+        ])
+        .unwrap();
+        assert!(c.validate().is_ok());
+        assert!(c.requires_precondition(&Key::parse("order/1").unwrap()));
+        assert!(!c.requires_precondition(&Key::parse("user/1").unwrap()));
+        let keys: Vec<Key> = (0..64)
+            .map(|i| Key::parse(&format!("user/{i}")).unwrap())
+            .collect();
+        let owned = keys.iter().filter(|k| c.owns(k)).count();
+        assert!(owned > 0 && owned < 64, "{owned}");
+        let wrong = Config::try_parse_from([
+            "prefold-origin",
+            "--origins",
+            "a=http://127.0.0.1:1",
+            "--name",
+            "z",
+        ])
+        .unwrap();
+        assert!(wrong.validate().is_err());
     }
 }

@@ -20,6 +20,35 @@ pub enum StoreError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Open(String),
+    /// The store did not answer in time.
+    #[error("object store did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// Why the storage engine refused or failed a write or a load.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// `If-Match` / `If-None-Match` did not hold.
+    #[error("precondition failed")]
+    PreconditionFailed,
+    /// `PATCH` or `DELETE` of a missing object.
+    #[error("no such object")]
+    NotFound,
+    /// The operation does not fit the current object.
+    #[error("{0}")]
+    Conflict(String),
+    /// The write-behind backlog is at its bound.
+    #[error("the write-behind backlog is full")]
+    Overloaded,
+    /// The write is applied in memory but the log could not make it durable.
+    #[error("the write-ahead log failed")]
+    LogFailed,
+    /// The engine is shutting down.
+    #[error("the storage engine has stopped")]
+    Stopped,
+    /// Loading from the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Every way an API request fails.
@@ -58,6 +87,18 @@ pub enum ApiError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The engine refused or failed the operation.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A header or query parameter the server cannot use.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A malformed `If-Match` / `If-None-Match`.
+    #[error(transparent)]
+    InvalidPrecondition(#[from] prefold_core::http::PreconditionError),
+    /// Writes of this key type must carry a precondition.
+    #[error("writes to `{0}/…` need If-Match or If-None-Match")]
+    PreconditionRequired(String),
     /// An object could not be encoded (a bug).
     #[error("encoding: {0}")]
     Encode(#[from] EnvelopeError),

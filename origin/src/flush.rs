@@ -1,93 +1,51 @@
-//! Write-behind: the dirty set and the flusher that empties it into the store.
+//! The flusher: the background worker that empties the write-behind backlog
+//! into the object store.
 //!
-//! A write puts its object in the [`Dirty`] set before it is acknowledged. From
-//! then on the flusher owns it: the cache may evict the key, but the dirty set
-//! keeps the latest version until the store has confirmed exactly that version.
-//! Several writes to one key between two flushes replace each other in the set
-//! and become one store PUT (coalescing). A PUT that fails stays in the set and
-//! is retried, with a growing pause, until it succeeds; nothing is dropped.
-//!
-//! One flush round runs at a time, so an older version of a key can never be
+//! It gathers writes for the flush interval (so that many writes of one key
+//! become one PUT), then stores every due key with bounded concurrency. A
+//! failed or timed-out PUT leaves the key in the backlog with a jittered,
+//! exponentially growing pause (see [`Dirty::failed`]); nothing is dropped.
+//! One round runs at a time, so an older version of a key can never be
 //! stored after a newer one.
+//!
+//! **Conditional puts.** Where the backend supports them, a PUT names what it
+//! expects to replace: `PutMode::Create` for a key the store should not have,
+//! `PutMode::Update` with the store's ETag from our last PUT otherwise. If the
+//! store refuses, someone else wrote the key (an origin that owned it before,
+//! a process that should be dead): the flusher reads what is there and stores
+//! its version only if it is newer, so a stale writer never overwrites a
+//! newer version. The local filesystem has no `Update`; there the flusher
+//! uses `Create` and falls back to a checked overwrite.
+//!
+//! **Log trimming.** After each round, log segments older than the oldest
+//! segment any pending write may need are deleted (see [`crate::wal`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use prefold_core::envelope::object_path;
 use prefold_core::Key;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hot::Object;
+use crate::dirty::{Dirty, BACKOFF_CAP};
+use crate::object::Object;
+use crate::wal::Wal;
 
-/// Longest pause between retries while the store keeps failing.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// Objects acknowledged to clients but not yet confirmed by the store.
-#[derive(Default)]
-pub struct Dirty {
-    map: Mutex<HashMap<Key, Arc<Object>>>,
-    notify: Notify,
-    coalesced: AtomicU64,
-}
-
-impl Dirty {
-    fn map(&self) -> MutexGuard<'_, HashMap<Key, Arc<Object>>> {
-        // A panic while holding this lock cannot leave the map half-updated
-        // (each operation is a single insert or remove), so a poisoned lock
-        // is still safe to use.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records the newest version of a key and wakes the flusher.
-    pub fn insert(&self, key: Key, object: Arc<Object>) {
-        if self.map().insert(key, object).is_some() {
-            self.coalesced.fetch_add(1, Ordering::Relaxed);
-        }
-        self.notify.notify_one();
-    }
-
-    /// The pending version of a key, if it has one.
-    pub fn get(&self, key: &Key) -> Option<Arc<Object>> {
-        self.map().get(key).cloned()
-    }
-
-    /// Pending keys.
-    pub fn len(&self) -> usize {
-        self.map().len()
-    }
-
-    /// Whether nothing is pending.
-    pub fn is_empty(&self) -> bool {
-        self.map().is_empty()
-    }
-
-    /// Writes that replaced a pending version instead of adding a store PUT.
-    pub fn coalesced(&self) -> u64 {
-        self.coalesced.load(Ordering::Relaxed)
-    }
-
-    fn snapshot(&self) -> Vec<(Key, Arc<Object>)> {
-        self.map()
-            .iter()
-            .map(|(k, o)| (k.clone(), o.clone()))
-            .collect()
-    }
-
-    /// Forgets a key once the store holds `version`, unless a newer write
-    /// arrived meanwhile (that one still needs storing).
-    fn stored(&self, key: &Key, version: u64) {
-        let mut map = self.map();
-        if map.get(key).is_some_and(|o| o.version == version) {
-            map.remove(key);
-        }
-    }
+/// Which conditional puts the backend supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Conditional {
+    /// Plain overwrites (for stores with no conditional put).
+    None,
+    /// `Create` only (the local filesystem).
+    Create,
+    /// `Create` and `Update` (S3, R2, MinIO, Garage, s3s-fs, in-memory).
+    Full,
 }
 
 /// Counters of the flusher's work.
@@ -95,8 +53,14 @@ impl Dirty {
 pub struct FlushStats {
     /// Successful store PUTs.
     pub puts: AtomicU64,
-    /// Failed store PUTs (each is retried).
+    /// PUT attempts that were retries of a failed one.
+    pub retries: AtomicU64,
+    /// Failed or timed-out PUTs (each is retried).
     pub failures: AtomicU64,
+    /// PUTs not made because the store already held a newer version.
+    pub superseded: AtomicU64,
+    /// Log segments deleted.
+    pub trimmed: AtomicU64,
 }
 
 /// The background task that stores dirty objects.
@@ -105,36 +69,78 @@ pub struct Flusher {
     pub dirty: Arc<Dirty>,
     /// Where to store it.
     pub store: Arc<dyn ObjectStore>,
+    /// The log to trim once its records are stored.
+    pub wal: Option<Wal>,
     /// How long to gather writes before a round.
     pub interval: Duration,
     /// PUTs in flight at once.
     pub concurrency: usize,
+    /// Longest wait for one PUT before it counts as failed.
+    pub put_timeout: Duration,
+    /// What the backend supports.
+    pub conditional: Conditional,
     /// Counters.
     pub stats: Arc<FlushStats>,
+    /// The store's version tag of each key we have written, for `Update`.
+    tags: Mutex<HashMap<Key, UpdateVersion>>,
+}
+
+enum PutOutcome {
+    Stored,
+    Superseded,
+    Failed,
 }
 
 impl Flusher {
+    /// A flusher with no store tags known yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dirty: Arc<Dirty>,
+        store: Arc<dyn ObjectStore>,
+        wal: Option<Wal>,
+        interval: Duration,
+        concurrency: usize,
+        put_timeout: Duration,
+        conditional: Conditional,
+        stats: Arc<FlushStats>,
+    ) -> Flusher {
+        Flusher {
+            dirty,
+            store,
+            wal,
+            interval,
+            concurrency,
+            put_timeout,
+            conditional,
+            stats,
+            tags: Mutex::default(),
+        }
+    }
+
     /// Runs until `stop`, then drains for at most `drain_timeout` and returns
     /// how many keys were left unstored (0 on a clean shutdown).
     pub async fn run(self, stop: CancellationToken, drain_timeout: Duration) -> usize {
-        let mut pause = self.interval;
         loop {
             if self.dirty.is_empty() {
                 tokio::select! {
-                    _ = self.dirty.notify.notified() => {}
+                    _ = self.dirty.work.notified() => {}
+                    _ = self.dirty.urgent.notified() => {}
                     _ = stop.cancelled() => break,
                 }
             }
+            // Gather writes for the interval, or until the next retry is due
+            // when everything pending is backing off; a `store`-mode write
+            // cuts the wait short.
+            let wake = match self.dirty.next_retry() {
+                Some(t) if self.dirty.due(false).is_empty() => t,
+                _ => Instant::now() + self.interval,
+            };
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.dirty.urgent.notified() => {}
                 _ = stop.cancelled() => break,
             }
-            let failed = self.flush_round().await;
-            pause = if failed == 0 {
-                self.interval
-            } else {
-                (pause * 2).clamp(Duration::from_millis(50), MAX_BACKOFF)
-            };
+            self.flush_round(false).await;
         }
         self.drain(drain_timeout).await
     }
@@ -145,13 +151,13 @@ impl Flusher {
         while !self.dirty.is_empty() {
             tracing::info!(
                 pending = self.dirty.len(),
-                "flushing pending writes before exit"
+                "storing pending writes before exit"
             );
-            match tokio::time::timeout_at(deadline, self.flush_round()).await {
+            match tokio::time::timeout_at(deadline, self.flush_round(true)).await {
                 Ok(0) => {}
                 Ok(_) => {
                     tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
-                    pause = (pause * 2).min(MAX_BACKOFF);
+                    pause = (pause * 2).min(BACKOFF_CAP);
                 }
                 Err(_) => break,
             }
@@ -166,28 +172,29 @@ impl Flusher {
         left
     }
 
-    /// Stores every pending key once; returns how many PUTs failed.
-    pub async fn flush_round(&self) -> usize {
-        let batch = self.dirty.snapshot();
+    /// Stores every due key once (every key with `all`); returns how many
+    /// PUTs failed.
+    pub async fn flush_round(&self, all: bool) -> usize {
+        let batch = self.dirty.due(all);
         let results: Vec<bool> = stream::iter(batch)
-            .map(|(key, object)| async move {
-                let record = match object.encode() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(%key, error = %e, "cannot encode object");
-                        return false;
-                    }
-                };
-                let path = Path::from(object_path(&key));
-                match self.store.put(&path, PutPayload::from(record)).await {
-                    Ok(_) => {
-                        self.dirty.stored(&key, object.version);
+            .map(|(key, object, attempts)| async move {
+                if attempts > 0 {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                match self.put_one(&key, &object).await {
+                    PutOutcome::Stored => {
                         self.stats.puts.fetch_add(1, Ordering::Relaxed);
+                        self.dirty.stored(&key, object.version);
                         true
                     }
-                    Err(e) => {
-                        tracing::warn!(%key, error = %e, "store PUT failed; will retry");
+                    PutOutcome::Superseded => {
+                        self.stats.superseded.fetch_add(1, Ordering::Relaxed);
+                        self.dirty.stored(&key, object.version);
+                        true
+                    }
+                    PutOutcome::Failed => {
                         self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        self.dirty.failed(&key);
                         false
                     }
                 }
@@ -195,7 +202,138 @@ impl Flusher {
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
+        self.trim();
         results.iter().filter(|ok| !**ok).count()
+    }
+
+    fn trim(&self) {
+        let Some(wal) = &self.wal else { return };
+        let below = self
+            .dirty
+            .oldest_segment()
+            .unwrap_or_else(|| wal.current_segment());
+        let n = wal.trim_below(below);
+        if n > 0 {
+            self.stats.trimmed.fetch_add(n as u64, Ordering::Relaxed);
+            tracing::debug!(segments = n, "trimmed the log");
+        }
+    }
+
+    fn tag(&self, key: &Key) -> Option<UpdateVersion> {
+        self.tags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn set_tag(&self, key: &Key, tag: UpdateVersion) {
+        self.tags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), tag);
+    }
+
+    async fn put_one(&self, key: &Key, object: &Object) -> PutOutcome {
+        let record = match object.encode() {
+            Ok(r) => PutPayload::from(r),
+            Err(e) => {
+                tracing::error!(%key, error = %e, "cannot encode object");
+                return PutOutcome::Failed;
+            }
+        };
+        let path = Path::from(object_path(key));
+        let mode = match (self.conditional, self.tag(key)) {
+            (Conditional::None, _) | (Conditional::Create, Some(_)) => PutMode::Overwrite,
+            (Conditional::Full, Some(tag)) => PutMode::Update(tag),
+            (_, None) => PutMode::Create,
+        };
+        match self.put(&path, record.clone(), mode).await {
+            Ok(tag) => {
+                self.set_tag(key, tag);
+                return PutOutcome::Stored;
+            }
+            Err(Some(e)) => {
+                tracing::warn!(%key, error = %e, "store PUT failed; will retry");
+                return PutOutcome::Failed;
+            }
+            Err(None) => {}
+        }
+        // The store holds something we did not expect: look before writing.
+        let current = match self.read_current(key, &path).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cannot read the stored version; will retry");
+                return PutOutcome::Failed;
+            }
+        };
+        let mode = match current {
+            Some((version, _)) if version >= object.version => {
+                tracing::warn!(%key, stored = version, ours = object.version,
+                    "the store holds a newer version written elsewhere; not overwriting it");
+                return PutOutcome::Superseded;
+            }
+            Some((_, tag)) if self.conditional == Conditional::Full => PutMode::Update(tag),
+            Some(_) => PutMode::Overwrite,
+            None => PutMode::Create,
+        };
+        match self.put(&path, record, mode).await {
+            Ok(tag) => {
+                self.set_tag(key, tag);
+                PutOutcome::Stored
+            }
+            Err(e) => {
+                let e = e.map_or_else(|| "conflict again".to_owned(), |e| e.to_string());
+                tracing::warn!(%key, error = %e, "store PUT failed; will retry");
+                PutOutcome::Failed
+            }
+        }
+    }
+
+    /// One PUT with the timeout. `Err(None)` is a conditional-put conflict.
+    async fn put(
+        &self,
+        path: &Path,
+        payload: PutPayload,
+        mode: PutMode,
+    ) -> Result<UpdateVersion, Option<String>> {
+        let opts = PutOptions::from(mode);
+        match tokio::time::timeout(self.put_timeout, self.store.put_opts(path, payload, opts)).await
+        {
+            Ok(Ok(r)) => Ok(r.into()),
+            Ok(Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            )) => Err(None),
+            Ok(Err(e)) => Err(Some(e.to_string())),
+            Err(_) => Err(Some(format!("timed out after {:?}", self.put_timeout))),
+        }
+    }
+
+    /// The version and store tag of what the store holds under a key.
+    async fn read_current(
+        &self,
+        key: &Key,
+        path: &Path,
+    ) -> Result<Option<(u64, UpdateVersion)>, String> {
+        let read = async {
+            match self.store.get(path).await {
+                Ok(r) => {
+                    let tag = UpdateVersion {
+                        e_tag: r.meta.e_tag.clone(),
+                        version: r.meta.version.clone(),
+                    };
+                    let bytes = r.bytes().await.map_err(|e| e.to_string())?;
+                    let object = Object::decode(key, bytes).map_err(|e| e.to_string())?;
+                    Ok(Some((object.version, tag)))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        tokio::time::timeout(self.put_timeout, read)
+            .await
+            .map_err(|_| "timed out".to_owned())?
     }
 }
 
@@ -203,75 +341,109 @@ impl Flusher {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::dirty::Limits;
     use bytes::Bytes;
     use object_store::memory::InMemory;
 
     fn obj(version: u64) -> Arc<Object> {
         Arc::new(Object::new(
             version,
-            "application/json".into(),
+            "application/json",
             Bytes::from(version.to_string()),
         ))
     }
 
-    #[tokio::test]
-    async fn coalesces_and_stores_the_latest() {
-        let dirty = Arc::new(Dirty::default());
-        let store = Arc::new(InMemory::new());
-        let key = Key::parse("c/1").unwrap();
-        for v in 1..=10 {
-            dirty.insert(key.clone(), obj(v));
-        }
-        let flusher = Flusher {
-            dirty: dirty.clone(),
-            store: store.clone(),
-            interval: Duration::from_millis(1),
-            concurrency: 4,
-            stats: Arc::default(),
-        };
-        assert_eq!(flusher.flush_round().await, 0);
-        assert_eq!(flusher.stats.puts.load(Ordering::Relaxed), 1);
-        assert_eq!(dirty.coalesced(), 9);
-        assert!(dirty.is_empty());
-        let record = store
-            .get(&Path::from(object_path(&key)))
-            .await
+    fn flusher(store: Arc<dyn ObjectStore>, conditional: Conditional) -> Flusher {
+        let dirty = Arc::new(Dirty::new(Limits {
+            max_keys: 1000,
+            max_bytes: 1 << 20,
+        }));
+        Flusher::new(
+            dirty,
+            store,
+            None,
+            Duration::from_secs(3600),
+            4,
+            Duration::from_secs(5),
+            conditional,
+            Arc::default(),
+        )
+    }
+
+    async fn stored_version(store: &dyn ObjectStore, key: &Key) -> u64 {
+        let r = store.get(&Path::from(object_path(key))).await.unwrap();
+        Object::decode(key, r.bytes().await.unwrap())
             .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        assert_eq!(Object::decode(&key, record).unwrap().version, 10);
+            .version
     }
 
     #[tokio::test]
-    async fn a_newer_write_during_a_put_stays_dirty() {
-        let dirty = Dirty::default();
-        let key = Key::parse("c/2").unwrap();
-        dirty.insert(key.clone(), obj(1));
-        dirty.insert(key.clone(), obj(2));
-        dirty.stored(&key, 1);
-        assert_eq!(dirty.get(&key).unwrap().version, 2);
-        dirty.stored(&key, 2);
-        assert!(dirty.get(&key).is_none());
+    async fn coalesces_and_stores_the_latest() {
+        let store = Arc::new(InMemory::new());
+        let f = flusher(store.clone(), Conditional::Full);
+        let key = Key::parse("c/1").unwrap();
+        for v in 1..=10 {
+            f.dirty.insert(key.clone(), obj(v), 1);
+        }
+        assert_eq!(f.flush_round(false).await, 0);
+        assert_eq!(f.stats.puts.load(Ordering::Relaxed), 1);
+        assert!(f.dirty.is_empty());
+        assert_eq!(stored_version(store.as_ref(), &key).await, 10);
+        // The next PUT of the key is an Update against the tag we now hold.
+        f.dirty.insert(key.clone(), obj(11), 1);
+        assert_eq!(f.flush_round(false).await, 0);
+        assert_eq!(stored_version(store.as_ref(), &key).await, 11);
+    }
+
+    #[tokio::test]
+    async fn a_stale_writer_never_overwrites_a_newer_version() {
+        for conditional in [Conditional::Full, Conditional::Create] {
+            let store = Arc::new(InMemory::new());
+            let key = Key::parse("s/1").unwrap();
+            let newer = flusher(store.clone(), conditional);
+            newer.dirty.insert(key.clone(), obj(50), 1);
+            newer.flush_round(false).await;
+            // Another process still believes in version 20.
+            let stale = flusher(store.clone(), conditional);
+            stale.dirty.insert(key.clone(), obj(20), 1);
+            assert_eq!(stale.flush_round(false).await, 0);
+            assert_eq!(stale.stats.superseded.load(Ordering::Relaxed), 1);
+            assert_eq!(stored_version(store.as_ref(), &key).await, 50);
+            // And an older stored version is replaced.
+            stale.dirty.insert(key.clone(), obj(60), 1);
+            assert_eq!(stale.flush_round(false).await, 0);
+            assert_eq!(stored_version(store.as_ref(), &key).await, 60);
+        }
+    }
+
+    #[tokio::test]
+    async fn update_fails_when_someone_wrote_in_between() {
+        let store = Arc::new(InMemory::new());
+        let key = Key::parse("u/1").unwrap();
+        let a = flusher(store.clone(), Conditional::Full);
+        a.dirty.insert(key.clone(), obj(1), 1);
+        a.flush_round(false).await;
+        let b = flusher(store.clone(), Conditional::Full);
+        b.dirty.insert(key.clone(), obj(5), 1);
+        b.flush_round(false).await;
+        // `a` still holds the tag of version 1: its Update is refused, it
+        // looks, finds 5 newer than its 3, and leaves it.
+        a.dirty.insert(key.clone(), obj(3), 1);
+        a.flush_round(false).await;
+        assert_eq!(a.stats.superseded.load(Ordering::Relaxed), 1);
+        assert_eq!(stored_version(store.as_ref(), &key).await, 5);
     }
 
     #[tokio::test]
     async fn run_drains_on_stop() {
-        let dirty = Arc::new(Dirty::default());
         let store = Arc::new(InMemory::new());
-        let flusher = Flusher {
-            dirty: dirty.clone(),
-            store: store.clone(),
-            // Longer than the test: only the drain can store these.
-            interval: Duration::from_secs(3600),
-            concurrency: 2,
-            stats: Arc::default(),
-        };
+        let f = flusher(store.clone(), Conditional::Full);
+        let dirty = f.dirty.clone();
         for i in 0..20 {
-            dirty.insert(Key::parse(&format!("d/{i}")).unwrap(), obj(1));
+            dirty.insert(Key::parse(&format!("d/{i}")).unwrap(), obj(1), 1);
         }
         let stop = CancellationToken::new();
-        let task = tokio::spawn(flusher.run(stop.clone(), Duration::from_secs(10)));
+        let task = tokio::spawn(f.run(stop.clone(), Duration::from_secs(10)));
         stop.cancel();
         assert_eq!(task.await.unwrap(), 0);
         assert!(dirty.is_empty());

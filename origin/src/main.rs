@@ -17,6 +17,9 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let config = Config::parse();
+    if let Err(e) = config.validate() {
+        clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, format!("{e}\n")).exit();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("PREFOLD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -25,7 +28,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let origin = Origin::new(&config).context("opening the store")?;
+    let origin = Origin::new(&config).context("opening the store and the write-ahead log")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -1,61 +1,91 @@
 //! Starting, serving and stopping an origin.
 //!
-//! [`Origin::run`] serves until its shutdown future resolves, then drains in
-//! order: stop accepting and finish in-flight requests (axum's graceful
-//! shutdown), then stop the flusher, which stores every pending write or gives
-//! up at the configured deadline. It returns how many writes were left
-//! unstored, so `main` can exit non-zero when that is not zero.
+//! [`Origin::new`] opens the store and replays the write-ahead log.
+//! [`Origin::run`] starts serving at once (so `/healthz` answers and
+//! `/readyz` says 503) while the warm load fills the hot tier; then it starts
+//! the partition workers and the flusher and reports ready. When its shutdown
+//! future resolves it drains in order: stop accepting and finish in-flight
+//! requests (axum's graceful shutdown), then let the flusher store every
+//! pending write or give up at the configured deadline. It returns how many
+//! writes were left unstored, so `main` can exit non-zero when that is not
+//! zero (they are still in the log and will be replayed at the next start).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{app, AppState};
 use crate::config::Config;
+use crate::dirty::{Dirty, Limits};
+use crate::engine::Engine;
 use crate::error::StoreError;
-use crate::flush::{Dirty, FlushStats, Flusher};
+use crate::flush::{FlushStats, Flusher};
 use crate::hot::HotTier;
 use crate::store;
+use crate::wal::{Replayed, Wal};
+use crate::warm::warm;
 
 /// A configured origin, ready to run.
 pub struct Origin {
     state: AppState,
     flusher: Flusher,
     store: Arc<dyn ObjectStore>,
-    shutdown_timeout: Duration,
+    replay: Replayed,
+    config: Config,
 }
 
 impl Origin {
-    /// Opens the configured store and builds the origin.
+    /// Opens the configured store and log, and builds the origin.
     pub fn new(config: &Config) -> Result<Origin, StoreError> {
-        Ok(Origin::with_store(config, store::open(config)?))
+        Origin::with_store(config, store::open(config)?)
     }
 
     /// Builds an origin over a given store (tests wrap stores for faults).
-    pub fn with_store(config: &Config, store: Arc<dyn ObjectStore>) -> Origin {
-        let dirty = Arc::new(Dirty::default());
+    pub fn with_store(config: &Config, store: Arc<dyn ObjectStore>) -> Result<Origin, StoreError> {
+        let (wal, replay) = Wal::open(&config.data.join("wal"), config.wal_segment_bytes)?;
+        if replay.read > 0 {
+            tracing::info!(
+                segments = replay.segments,
+                records = replay.read,
+                keys = replay.records.len(),
+                "read the write-ahead log"
+            );
+        }
+        let dirty = Arc::new(Dirty::new(Limits {
+            max_keys: config.max_backlog_keys,
+            max_bytes: config.max_backlog_bytes,
+        }));
         let stats = Arc::new(FlushStats::default());
-        let hot = HotTier::new(config.cache_bytes, store.clone(), dirty.clone());
-        let state = AppState::new(hot, dirty.clone(), stats.clone(), config.max_body_bytes);
-        let flusher = Flusher {
+        let hot = Arc::new(HotTier::new(config.cache_bytes));
+        let state = AppState::new(
+            config.clone(),
+            hot,
+            dirty.clone(),
+            stats.clone(),
+            Some(wal.clone()),
+        );
+        let flusher = Flusher::new(
             dirty,
-            store: store.clone(),
-            interval: config.flush_interval(),
-            concurrency: usize::from(config.flush_concurrency),
+            store.clone(),
+            Some(wal),
+            config.flush_interval(),
+            usize::from(config.flush_concurrency),
+            config.store_timeout(),
+            config.conditional(),
             stats,
-        };
-        Origin {
+        );
+        Ok(Origin {
             state,
             flusher,
             store,
-            shutdown_timeout: config.shutdown_timeout(),
-        }
+            replay: replay.records,
+            config: config.clone(),
+        })
     }
 
     /// The handlers' state (for in-process tests).
@@ -74,14 +104,20 @@ impl Origin {
             state,
             flusher,
             store,
-            shutdown_timeout,
+            replay,
+            config,
         } = self;
-        let stop_flusher = CancellationToken::new();
-        let flusher = tokio::spawn(flusher.run(stop_flusher.clone(), shutdown_timeout));
-
-        // Ready once the store answers; until then /readyz says 503.
         let stopping = CancellationToken::new();
-        let ready_task = tokio::spawn(become_ready(state.clone(), store, stopping.clone()));
+        let stop_flusher = CancellationToken::new();
+        let starter = tokio::spawn(start(
+            state.clone(),
+            store,
+            replay,
+            config.clone(),
+            flusher,
+            stop_flusher.clone(),
+            stopping.clone(),
+        ));
 
         let serving_state = state.clone();
         let stopping_signal = stopping.clone();
@@ -92,7 +128,7 @@ impl Origin {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, app(state))
+        axum::serve(listener, app(state.clone()))
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 tracing::info!("shutting down: no new connections; finishing requests");
@@ -101,14 +137,25 @@ impl Origin {
             })
             .await?;
         stopping.cancel();
-        ready_task.abort();
 
         tracing::info!("requests finished; storing pending writes");
         stop_flusher.cancel();
-        let left = flusher.await.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "flusher task failed");
-            usize::MAX
-        });
+        let left = match starter.await {
+            Ok(Some(flusher)) => flusher.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "flusher task failed");
+                usize::MAX
+            }),
+            // Stopped before the warm load finished: nothing was accepted,
+            // and the log still holds everything it held at start.
+            Ok(None) => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "start-up task failed");
+                usize::MAX
+            }
+        };
+        if let Some(wal) = &state.inner().wal {
+            wal.barrier().await;
+        }
         if left == 0 {
             tracing::info!("all writes stored; bye");
         }
@@ -116,23 +163,66 @@ impl Origin {
     }
 }
 
-/// Probes the store until it answers, then marks the origin ready. Each wait
-/// races the shutdown signal.
-async fn become_ready(state: AppState, store: Arc<dyn ObjectStore>, stop: CancellationToken) {
+/// Warms the hot tier (retrying while the store is unreachable), then starts
+/// the engine and the flusher and marks the origin ready. Returns the
+/// flusher's task, or `None` if stopped first. Every wait races `stopping`.
+async fn start(
+    state: AppState,
+    store: Arc<dyn ObjectStore>,
+    replay: Replayed,
+    config: Config,
+    flusher: Flusher,
+    stop_flusher: CancellationToken,
+    stopping: CancellationToken,
+) -> Option<tokio::task::JoinHandle<usize>> {
+    let inner = state.inner();
+    let partitions = config.partitions();
+    let owns = |k: &prefold_core::Key| config.owns(k);
     let mut pause = Duration::from_millis(100);
-    loop {
-        match store.list_with_delimiter(Some(&Path::from("o"))).await {
-            Ok(_) => {
-                state.set_ready(true);
-                tracing::info!("store reachable; ready");
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "store not reachable yet"),
+    let warmed = loop {
+        let attempt = warm(
+            &store,
+            &inner.hot,
+            &inner.dirty,
+            replay.clone(),
+            partitions,
+            &owns,
+            config.warm_concurrency,
+            &inner.warm_progress,
+        );
+        tokio::select! {
+            r = attempt => match r {
+                Ok(w) => break w,
+                Err(e) => tracing::warn!(error = %e, "warm load failed (store unreachable?); retrying"),
+            },
+            _ = stopping.cancelled() => return None,
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.cancelled() => return,
+            _ = stopping.cancelled() => return None,
         }
         pause = (pause * 2).min(Duration::from_secs(5));
+    };
+    let engine = Engine::start(
+        warmed.directories,
+        inner.hot.clone(),
+        inner.dirty.clone(),
+        inner.wal.clone(),
+        store,
+        config.store_timeout(),
+    );
+    if inner.engine.set(engine).is_err() {
+        tracing::error!("the engine was started twice");
     }
+    let flusher = tokio::spawn(flusher.run(stop_flusher, config.shutdown_timeout()));
+    if !stopping.is_cancelled() {
+        state.set_ready(true);
+        tracing::info!(
+            objects = warmed.loaded,
+            replayed = warmed.replayed,
+            partitions,
+            "ready"
+        );
+    }
+    Some(flusher)
 }

@@ -12,9 +12,22 @@ use object_store::ObjectStore;
 
 use crate::config::{Config, StoreKind};
 use crate::error::StoreError;
+use crate::faults::FaultyStore;
 
-/// Opens the configured store, creating the local directory if needed.
+/// Opens the configured store, creating the local directory if needed, and
+/// wraps it for fault injection when `--fault-file` is given.
 pub fn open(config: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let store = open_backend(config)?;
+    Ok(match &config.fault_file {
+        Some(control) => {
+            tracing::warn!(control = %control.display(), "fault injection is ON: store operations obey the control file");
+            Arc::new(FaultyStore::new(store, control.clone()))
+        }
+        None => store,
+    })
+}
+
+fn open_backend(config: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
     Ok(match config.store {
         StoreKind::Fs => {
             let dir = config.data.join("store");

@@ -14,6 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,35 @@ impl OriginProc {
     /// Starts an origin on a free port with the embedded store under `data`,
     /// and waits until `/readyz` says 200.
     pub async fn start(data: &Path, extra: &[&str]) -> Result<OriginProc> {
+        let origin = OriginProc::spawn(data, extra, &[]).await?;
+        origin.wait_ready().await?;
+        Ok(origin)
+    }
+
+    /// [`OriginProc::start`] with extra environment variables (e.g. `AWS_*`).
+    pub async fn start_env(
+        data: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Result<OriginProc> {
+        let origin = OriginProc::spawn(data, extra, env).await?;
+        origin.wait_ready().await?;
+        Ok(origin)
+    }
+
+    /// Waits until `/readyz` says 200 (30 s at most).
+    pub async fn wait_ready(&self) -> Result<()> {
+        let ready = format!("{}/readyz", self.url());
+        wait_ok(&ready, Duration::from_secs(30), &self.log).await
+    }
+
+    /// Starts an origin and returns once it listens, without waiting for
+    /// readiness.
+    pub async fn spawn(
+        data: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Result<OriginProc> {
         std::fs::create_dir_all(data)?;
         let log = data.join(format!("origin-{}.log", std::process::id()));
         let stderr = std::fs::File::create(&log)?;
@@ -124,6 +154,7 @@ impl OriginProc {
             .arg(data)
             .args(extra)
             .env("PREFOLD_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .process_group(0)
@@ -145,15 +176,48 @@ impl OriginProc {
             .strip_prefix("prefold-origin listening on http://")
             .with_context(|| format!("unexpected first line {line:?}"))?
             .parse()?;
-        let origin = OriginProc {
+        Ok(OriginProc {
             child: Some(child),
             addr,
             data: data.to_path_buf(),
             log,
-        };
-        let ready = format!("{}/readyz", origin.url());
-        wait_ok(&ready, Duration::from_secs(30), &origin.log).await?;
-        Ok(origin)
+        })
+    }
+
+    /// Kills the process with SIGKILL (no drain, no flush) and waits for it.
+    pub async fn kill9(mut self) -> Result<()> {
+        let mut child = self.child.take().context("already stopped")?;
+        killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
+        tokio::task::spawn_blocking(move || child.wait()).await??;
+        Ok(())
+    }
+
+    /// The origin's `/metrics`, as `name{labels}` → value.
+    pub async fn metrics(&self) -> Result<HashMap<String, f64>> {
+        let text = client()
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// One metric (0 when absent).
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        Ok(self.metrics().await?.get(name).copied().unwrap_or(0.0))
+    }
+
+    /// The tail of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -291,6 +355,18 @@ pub async fn raw(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<RawResponse> {
+    let ct: Vec<(&str, &str)> = content_type.map(|c| ("content-type", c)).into_iter().collect();
+    raw_with(addr, method, path, &ct, body).await
+}
+
+/// [`raw`] with any headers.
+pub async fn raw_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<RawResponse> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
@@ -299,8 +375,8 @@ pub async fn raw(
         .method(method)
         .uri(path)
         .header("host", addr.to_string());
-    if let Some(ct) = content_type {
-        req = req.header("content-type", ct);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let req = req.body(Full::new(Bytes::copy_from_slice(body)))?;
     let resp = send.send_request(req).await?;
@@ -333,4 +409,97 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A real S3-compatible server: `s3s-fs` (installed by `scripts/tools.sh`)
+/// on a free port, serving one bucket from a temporary directory.
+pub struct S3Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The bucket's directory (objects are files under it).
+    pub bucket_dir: PathBuf,
+    _root: tempfile::TempDir,
+}
+
+/// The bucket [`S3Server`] serves.
+pub const S3_BUCKET: &str = "prefold";
+const S3_KEY: &str = "prefold-test";
+const S3_SECRET: &str = "prefold-test-secret";
+
+impl S3Server {
+    /// Starts `s3s-fs` and waits until it accepts connections.
+    pub async fn start() -> Result<S3Server> {
+        let root = tempfile::tempdir()?;
+        let bucket_dir = root.path().join(S3_BUCKET);
+        std::fs::create_dir_all(&bucket_dir)?;
+        let port = free_port();
+        let bin = std::env::var_os("S3S_FS_BIN")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let home = std::env::var_os("HOME")?;
+                Some(PathBuf::from(home).join(".cargo/bin/s3s-fs"))
+            })
+            .context("no HOME")?;
+        let log = std::fs::File::create(root.path().join("s3s-fs.log"))?;
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(root.path())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {} (run scripts/tools.sh)", bin.display()))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let server = S3Server {
+            child,
+            addr,
+            bucket_dir,
+            _root: root,
+        };
+        poll("s3s-fs to accept connections", Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await?;
+        Ok(server)
+    }
+
+    /// The `AWS_*` variables that point `prefold-origin --store s3` here.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", format!("http://{}", self.addr)),
+            ("AWS_BUCKET", S3_BUCKET.to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_ACCESS_KEY_ID", S3_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET.to_owned()),
+            ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// The objects a store directory holds (the filesystem store, or an
+/// `s3s-fs` bucket), decoded: key → (version, tombstone, body).
+pub fn stored_objects(dir: &Path) -> HashMap<String, (u64, bool, Vec<u8>)> {
+    files_under(dir)
+        .into_iter()
+        .filter_map(|path| {
+            let rel = path.strip_prefix(dir).ok()?.to_str()?.to_owned();
+            let key = prefold_core::envelope::key_from_object_path(&rel)?;
+            let bytes = std::fs::read(&path).ok()?;
+            let e = prefold_core::Envelope::decode(&bytes).ok()?;
+            Some((key.to_string(), (e.version, e.tombstone, e.body.to_vec())))
+        })
+        .collect()
 }

@@ -231,8 +231,12 @@ async fn bad_requests_get_precise_problems_from_edge_and_origin_and_write_nothin
         assert_problem(&r, 413, "payload-too-large", &ctx);
         let r = raw(server, "PUT", "/o/user/1", Some(JSON), b"{\"a\":").await?;
         assert_problem(&r, 400, "malformed-json", &ctx);
-        let r = raw(server, "DELETE", "/o/user/1", None, b"").await?;
+        let r = raw(server, "OPTIONS", "/o/user/1", None, b"").await?;
         assert_problem(&r, 405, "method-not-allowed", &ctx);
+        let r = raw(server, "PATCH", "/o/user/1", Some(JSON), b"{}").await?;
+        assert_problem(&r, 415, "unsupported-media-type", &ctx);
+        let r = raw(server, "DELETE", "/o/user/1", None, b"").await?;
+        assert_problem(&r, 404, "not-found", &ctx);
         // Nothing was stored under the key the rejected writes named.
         let r = raw(server, "GET", "/o/user/1", None, b"").await?;
         assert_problem(&r, 404, "not-found", &ctx);

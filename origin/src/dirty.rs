@@ -1,0 +1,332 @@
+//! The write-behind backlog: objects acknowledged to clients but not yet
+//! confirmed by the store.
+//!
+//! A write enters the backlog before it is acknowledged. From then on the
+//! flusher owns it: the hot tier may evict the key, but the backlog keeps the
+//! newest version until the store has confirmed exactly that version. Several
+//! writes of one key between two flushes replace each other here and become
+//! one store PUT (coalescing).
+//!
+//! The backlog is bounded in keys and bytes. Past either bound a write that
+//! would grow it is refused up front (the API answers 503 with
+//! `Retry-After`) — nothing already accepted is ever dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use prefold_core::Key;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::object::Object;
+
+/// First retry pause after a failed PUT; doubles per attempt, with jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest pause between retries of one key.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+struct Pending {
+    object: Arc<Object>,
+    /// When the key became dirty (kept while newer writes coalesce into it).
+    since: Instant,
+    /// The log segment the oldest unstored record of this key may be in.
+    segment: u64,
+    attempts: u32,
+    retry_at: Option<Instant>,
+}
+
+/// Bounds of the backlog.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most keys waiting at once.
+    pub max_keys: usize,
+    /// Most bytes waiting at once (bodies plus a per-object allowance).
+    pub max_bytes: usize,
+}
+
+/// Objects acknowledged to clients but not yet confirmed by the store.
+pub struct Dirty {
+    map: Mutex<Map>,
+    limits: Limits,
+    /// Wakes the flusher when work arrives.
+    pub(crate) work: Notify,
+    /// Wakes the flusher at once, skipping its gathering window.
+    pub(crate) urgent: Notify,
+    stored: watch::Sender<u64>,
+    coalesced: AtomicU64,
+}
+
+#[derive(Default)]
+struct Map {
+    keys: HashMap<Key, Pending>,
+    bytes: usize,
+}
+
+/// A snapshot of the backlog for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Backlog {
+    /// Keys waiting.
+    pub keys: usize,
+    /// Bytes waiting.
+    pub bytes: usize,
+    /// Age of the oldest write waiting.
+    pub oldest: Duration,
+}
+
+impl Dirty {
+    /// An empty backlog with bounds.
+    pub fn new(limits: Limits) -> Dirty {
+        Dirty {
+            map: Mutex::default(),
+            limits,
+            work: Notify::new(),
+            urgent: Notify::new(),
+            stored: watch::Sender::new(0),
+            coalesced: AtomicU64::new(0),
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, Map> {
+        // Every operation leaves the map consistent before it can panic, so
+        // a poisoned lock is still safe to use.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a write of `weight` bytes to `key` fits in the bounds. Writes
+    /// that do not grow the backlog always fit.
+    pub fn admits(&self, key: &Key, weight: usize) -> bool {
+        let map = self.map();
+        let old = map.keys.get(key).map(|p| p.object.weight());
+        if old.is_none() && map.keys.len() >= self.limits.max_keys {
+            return false;
+        }
+        let old = old.unwrap_or(0);
+        weight <= old || map.bytes - old + weight <= self.limits.max_bytes
+    }
+
+    /// Records the newest version of a key and wakes the flusher. `segment`
+    /// is the log segment current when the write was made.
+    pub fn insert(&self, key: Key, object: Arc<Object>, segment: u64) {
+        let mut map = self.map();
+        let weight = object.weight();
+        let now = Instant::now();
+        match map.keys.get_mut(&key) {
+            Some(p) => {
+                let old = p.object.weight();
+                p.object = object;
+                map.bytes = map.bytes - old + weight;
+                self.coalesced.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                map.keys.insert(
+                    key,
+                    Pending {
+                        object,
+                        since: now,
+                        segment,
+                        attempts: 0,
+                        retry_at: None,
+                    },
+                );
+                map.bytes += weight;
+            }
+        }
+        drop(map);
+        self.work.notify_one();
+    }
+
+    /// The pending version of a key, if it has one.
+    pub fn get(&self, key: &Key) -> Option<Arc<Object>> {
+        self.map().keys.get(key).map(|p| p.object.clone())
+    }
+
+    /// Pending keys.
+    pub fn len(&self) -> usize {
+        self.map().keys.len()
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.map().keys.is_empty()
+    }
+
+    /// Writes that replaced a pending version instead of adding a store PUT.
+    pub fn coalesced(&self) -> u64 {
+        self.coalesced.load(Ordering::Relaxed)
+    }
+
+    /// Keys, bytes and the oldest write's age (scans the backlog; for metrics).
+    pub fn backlog(&self) -> Backlog {
+        let map = self.map();
+        let now = Instant::now();
+        Backlog {
+            keys: map.keys.len(),
+            bytes: map.bytes,
+            oldest: map
+                .keys
+                .values()
+                .map(|p| now.duration_since(p.since))
+                .max()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The oldest log segment a pending write may still need, if any.
+    pub fn oldest_segment(&self) -> Option<u64> {
+        self.map().keys.values().map(|p| p.segment).min()
+    }
+
+    /// Pending keys whose retry pause is over (all of them with `all`), with
+    /// how many attempts each has had.
+    pub fn due(&self, all: bool) -> Vec<(Key, Arc<Object>, u32)> {
+        let now = Instant::now();
+        self.map()
+            .keys
+            .iter()
+            .filter(|(_, p)| all || p.retry_at.is_none_or(|t| t <= now))
+            .map(|(k, p)| (k.clone(), p.object.clone(), p.attempts))
+            .collect()
+    }
+
+    /// When the next key that is backing off becomes due.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.map().keys.values().filter_map(|p| p.retry_at).min()
+    }
+
+    /// Forgets a key once the store holds `version`, unless a newer write
+    /// arrived meanwhile (that one still needs storing).
+    pub fn stored(&self, key: &Key, version: u64) {
+        let mut map = self.map();
+        if map
+            .keys
+            .get(key)
+            .is_some_and(|p| p.object.version == version)
+        {
+            if let Some(p) = map.keys.remove(key) {
+                map.bytes -= p.object.weight();
+            }
+        }
+        drop(map);
+        self.stored.send_modify(|n| *n += 1);
+    }
+
+    /// Schedules a retry of a key after a failed PUT: exponential backoff
+    /// with full jitter, so that many keys failing together do not retry in
+    /// lockstep.
+    pub fn failed(&self, key: &Key) {
+        let mut map = self.map();
+        if let Some(p) = map.keys.get_mut(key) {
+            p.attempts = p.attempts.saturating_add(1);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << p.attempts.min(16))
+                .min(BACKOFF_CAP);
+            let pause = ceiling.mul_f64(fastrand::f64());
+            p.retry_at = Some(Instant::now() + pause);
+        }
+    }
+
+    /// Resolves once the store holds `version` of `key` or a newer one.
+    pub async fn wait_stored(&self, key: &Key, version: u64) {
+        let mut rx = self.stored.subscribe();
+        loop {
+            let pending = self.get(key).is_some_and(|o| o.version >= version);
+            if !pending {
+                return;
+            }
+            self.urgent.notify_one();
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use bytes::Bytes;
+
+    fn obj(version: u64, len: usize) -> Arc<Object> {
+        Arc::new(Object::new(
+            version,
+            "application/json",
+            Bytes::from(vec![b'1'; len]),
+        ))
+    }
+
+    fn limits(max_keys: usize, max_bytes: usize) -> Limits {
+        Limits {
+            max_keys,
+            max_bytes,
+        }
+    }
+
+    #[test]
+    fn coalesces_and_keeps_a_newer_write() {
+        let dirty = Dirty::new(limits(10, 1 << 20));
+        let key = Key::parse("c/1").unwrap();
+        for v in 1..=3 {
+            dirty.insert(key.clone(), obj(v, 1), 7);
+        }
+        assert_eq!((dirty.len(), dirty.coalesced()), (1, 2));
+        dirty.stored(&key, 2);
+        assert_eq!(dirty.get(&key).unwrap().version, 3);
+        assert_eq!(dirty.oldest_segment(), Some(7));
+        dirty.stored(&key, 3);
+        assert!(dirty.is_empty());
+        assert_eq!(dirty.backlog().bytes, 0);
+    }
+
+    #[test]
+    fn bounds_refuse_growth_only() {
+        let dirty = Dirty::new(limits(2, 1000));
+        let (a, b, c) = (
+            Key::parse("b/a").unwrap(),
+            Key::parse("b/b").unwrap(),
+            Key::parse("b/c").unwrap(),
+        );
+        dirty.insert(a.clone(), obj(1, 10), 1);
+        dirty.insert(b.clone(), obj(1, 10), 1);
+        assert!(!dirty.admits(&c, 10), "key bound");
+        assert!(dirty.admits(&a, 10), "replacing a pending key");
+        let big = obj(1, 900).weight();
+        assert!(!dirty.admits(&a, big), "byte bound");
+        dirty.stored(&b, 1);
+        assert!(dirty.admits(&c, 10));
+    }
+
+    #[tokio::test]
+    async fn failures_back_off_with_jitter_up_to_the_cap() {
+        let dirty = Dirty::new(limits(10, 1 << 20));
+        let key = Key::parse("f/1").unwrap();
+        dirty.insert(key.clone(), obj(1, 1), 1);
+        assert_eq!(dirty.due(false).len(), 1);
+        for _ in 0..40 {
+            dirty.failed(&key);
+        }
+        assert_eq!(dirty.due(true)[0].2, 40);
+        let wait = dirty.next_retry().unwrap() - Instant::now();
+        assert!(wait <= BACKOFF_CAP, "{wait:?}");
+    }
+
+    #[tokio::test]
+    async fn wait_stored_resolves_on_the_version_or_a_newer_one() {
+        let dirty = Arc::new(Dirty::new(limits(10, 1 << 20)));
+        let key = Key::parse("w/1").unwrap();
+        dirty.insert(key.clone(), obj(1, 1), 1);
+        let waiter = {
+            let (dirty, key) = (dirty.clone(), key.clone());
+            tokio::spawn(async move { dirty.wait_stored(&key, 1).await })
+        };
+        dirty.insert(key.clone(), obj(2, 1), 1);
+        dirty.stored(&key, 1);
+        let mut waiter = waiter;
+        let early = tokio::time::timeout(Duration::from_millis(50), &mut waiter).await;
+        assert!(early.is_err(), "version 2 is still pending");
+        dirty.stored(&key, 2);
+        waiter.await.unwrap();
+    }
+}
