@@ -355,7 +355,10 @@ pub async fn raw(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<RawResponse> {
-    let ct: Vec<(&str, &str)> = content_type.map(|c| ("content-type", c)).into_iter().collect();
+    let ct: Vec<(&str, &str)> = content_type
+        .map(|c| ("content-type", c))
+        .into_iter()
+        .collect();
     raw_with(addr, method, path, &ct, body).await
 }
 
@@ -459,9 +462,11 @@ impl S3Server {
             bucket_dir,
             _root: root,
         };
-        poll("s3s-fs to accept connections", Duration::from_secs(30), || async {
-            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
-        })
+        poll(
+            "s3s-fs to accept connections",
+            Duration::from_secs(30),
+            || async { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) },
+        )
         .await?;
         Ok(server)
     }
