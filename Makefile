@@ -52,7 +52,7 @@ edge:
 
 e2e: edge
 	cargo build -p prefold-origin --locked
-	PREFOLD_EDGE_PREBUILT=1 cargo test -p prefold-e2e --test e2e --locked
+	PREFOLD_EDGE_PREBUILT=1 cargo test -p prefold-e2e --locked
 
 ## make bench: every benchmark, quick (under 5 minutes); make bench-full: the
 ## long run whose results are committed. Both write bench/results/latest.md.

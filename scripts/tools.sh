@@ -6,12 +6,15 @@
 #   - worker-build, pinned, with --locked;
 #   - wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock
 #     (the CLI and the library must match byte for byte in their ABI);
+#   - s3s-fs, pinned, with --locked: the real S3-compatible server the
+#     storage conformance suite runs against;
 #   - node_modules from package-lock.json (wrangler, esbuild, binaryen),
 #     via `npm ci` whenever the lockfile is newer than the install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORKER_BUILD_VERSION=0.8.7
+S3S_FS_VERSION=0.14.1
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 bindgen_version=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
 if [ -z "$bindgen_version" ]; then
@@ -36,6 +39,11 @@ fi
 if ! has_version "$cargo_bin/wasm-bindgen" "$bindgen_version"; then
   echo "tools: installing wasm-bindgen-cli $bindgen_version (a few minutes, once)"
   cargo install wasm-bindgen-cli --version "$bindgen_version" --locked
+fi
+
+if ! has_version "$cargo_bin/s3s-fs" "$S3S_FS_VERSION"; then
+  echo "tools: installing s3s-fs $S3S_FS_VERSION (about two minutes, once)"
+  cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
 fi
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

@@ -54,6 +54,7 @@ fn envelope(c: &mut Criterion) {
             version: 1_795_458_349_387_341,
             content_type: "application/json",
             body: &body,
+            tombstone: false,
         };
         let record = env.encode().unwrap();
         g.bench_with_input(BenchmarkId::new("encode", size), &env, |b, e| {

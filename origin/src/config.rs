@@ -71,6 +71,11 @@ pub struct Config {
     #[arg(long, env = "PREFOLD_DURABILITY", value_enum, default_value = "log")]
     pub durability: Durability,
 
+    /// The write-ahead log's directory (default `{data}/wal`). Each process
+    /// needs its own.
+    #[arg(long, env = "PREFOLD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+
     /// Size at which a write-ahead log segment is closed (closed segments
     /// are deleted once the store holds their writes).
     #[arg(long, env = "PREFOLD_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
@@ -141,6 +146,13 @@ impl Config {
     /// The shutdown drain deadline.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The write-ahead log's directory.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.wal_dir
+            .clone()
+            .unwrap_or_else(|| self.data.join("wal"))
     }
 
     /// The store request timeout.

@@ -47,7 +47,7 @@ impl Origin {
 
     /// Builds an origin over a given store (tests wrap stores for faults).
     pub fn with_store(config: &Config, store: Arc<dyn ObjectStore>) -> Result<Origin, StoreError> {
-        let (wal, replay) = Wal::open(&config.data.join("wal"), config.wal_segment_bytes)?;
+        let (wal, replay) = Wal::open(&config.wal_dir(), config.wal_segment_bytes)?;
         if replay.read > 0 {
             tracing::info!(
                 segments = replay.segments,
