@@ -519,7 +519,16 @@ async fn bad_input_gets_precise_problems_and_changes_nothing() -> Result<()> {
     let metrics_before = o.metrics().await?;
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(300));
 
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &str, u16, &str)> = vec![
+    // (method, path, headers, body, status, problem type)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "PUT",
             "/o/doc/1",
