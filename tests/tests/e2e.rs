@@ -330,3 +330,88 @@ async fn an_origin_that_never_answers_costs_the_timeout_not_a_hang() -> Result<(
     held.abort();
     Ok(())
 }
+
+/// Merge patch, append, increment and delete through the edge: validated
+/// there with the shared rules, forwarded with their preconditions and
+/// durability to the owner, and the edge's KV copy never outlives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_goes_through_the_edge_and_kv_follows() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let origin = OriginProc::start(dir.path(), &[]).await?;
+    let edge = EdgeProc::start(&format!("origin-1={}", origin.url()), &[]).await?;
+    let url = format!("{}/o/event/7", edge.url());
+    let put = put_json(&url, &json!({"title": "a", "tags": ["x"]})).await?;
+    assert_eq!(put.status(), 201, "{}", edge.log_tail());
+    let etag = header(&put, "etag");
+    poll("a KV hit at the edge", Duration::from_secs(20), || async {
+        let r = client().get(&url).send().await.ok()?;
+        (header(&r, "x-prefold-source") == "kv").then_some(())
+    })
+    .await?;
+
+    // A stale If-Match is refused by the owner, and the answer comes back as is.
+    let stale = client()
+        .patch(&url)
+        .header("content-type", "application/merge-patch+json")
+        .header("if-match", "\"1\"")
+        .body(r#"{"title":"stale"}"#)
+        .send()
+        .await?;
+    assert_eq!(stale.status(), 412);
+    assert_eq!(header(&stale, "content-type"), "application/problem+json");
+    // A malformed one never leaves the edge.
+    let bad = client()
+        .patch(&url)
+        .header("content-type", "application/merge-patch+json")
+        .header("if-match", "no-quotes")
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        bad.json::<Value>().await?["type"],
+        "urn:prefold:problem:invalid-precondition"
+    );
+
+    let patch = client()
+        .patch(&url)
+        .header("content-type", "application/merge-patch+json")
+        .header("if-match", &etag)
+        .header("x-prefold-durability", "store")
+        .body(r#"{"title":"b","tags":null}"#)
+        .send()
+        .await?;
+    assert_eq!(patch.status(), 200, "{}", edge.log_tail());
+    assert_eq!(header(&patch, "x-prefold-durability"), "store");
+    let inc = client()
+        .post(format!("{url}?op=increment&path=/views"))
+        .header("content-type", JSON)
+        .body("3")
+        .send()
+        .await?;
+    assert_eq!(inc.status(), 200);
+    assert_eq!(inc.json::<Value>().await?["result"], 3);
+    let want = json!({"title": "b", "views": 3});
+    poll(
+        "the edge to serve the patched object",
+        Duration::from_secs(20),
+        || async {
+            let r = client().get(&url).send().await.ok()?;
+            (r.json::<Value>().await.ok()? == want).then_some(())
+        },
+    )
+    .await?;
+
+    let del = client().delete(&url).send().await?;
+    assert_eq!(del.status(), 200);
+    poll(
+        "the edge to forget the deleted object",
+        Duration::from_secs(20),
+        || async {
+            let r = client().get(&url).send().await.ok()?;
+            (r.status() == 404).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
