@@ -181,6 +181,8 @@ pub enum ProblemKind {
     PreconditionRequired,
     /// Too many writes are waiting for the store; retry later (503).
     Overloaded,
+    /// A `store`-durability write was not confirmed by the store in time (504).
+    StoreTimeout,
     /// The body is not valid JSON (400).
     MalformedJson,
     /// No object under this key (404).
@@ -216,6 +218,7 @@ impl ProblemKind {
             ProblemKind::UnsupportedMediaType => 415,
             ProblemKind::Internal => 500,
             ProblemKind::OriginUnavailable | ProblemKind::NotReady | ProblemKind::Overloaded => 503,
+            ProblemKind::StoreTimeout => 504,
         }
     }
 
@@ -229,6 +232,7 @@ impl ProblemKind {
             ProblemKind::PreconditionFailed => "precondition-failed",
             ProblemKind::PreconditionRequired => "precondition-required",
             ProblemKind::Overloaded => "overloaded",
+            ProblemKind::StoreTimeout => "store-timeout",
             ProblemKind::MalformedJson => "malformed-json",
             ProblemKind::NotFound => "not-found",
             ProblemKind::MethodNotAllowed => "method-not-allowed",
@@ -250,6 +254,7 @@ impl ProblemKind {
             ProblemKind::PreconditionFailed => "Precondition failed",
             ProblemKind::PreconditionRequired => "Precondition required",
             ProblemKind::Overloaded => "Overloaded",
+            ProblemKind::StoreTimeout => "Store did not confirm in time",
             ProblemKind::MalformedJson => "Malformed JSON body",
             ProblemKind::NotFound => "No such object",
             ProblemKind::MethodNotAllowed => "Method not allowed",

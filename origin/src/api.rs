@@ -207,6 +207,10 @@ impl IntoResponse for ApiError {
                 Some("the object's current ETag does not satisfy If-Match / If-None-Match".into()),
             ),
             ApiError::Engine(EngineError::Conflict(d)) => (ProblemKind::Conflict, Some(d.clone())),
+            ApiError::Engine(EngineError::Unconfirmed) => (
+                ProblemKind::StoreTimeout,
+                Some("the write is applied and will be stored, but the object store did not confirm it in time".into()),
+            ),
             ApiError::Engine(EngineError::Overloaded) => (
                 ProblemKind::Overloaded,
                 Some("too many writes are waiting for the object store; retry later".into()),

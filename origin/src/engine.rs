@@ -145,6 +145,7 @@ struct Shared {
     dirty: Arc<Dirty>,
     wal: Option<Wal>,
     store: Arc<dyn ObjectStore>,
+    /// Longest wait for one store request (a load, a `store` confirmation).
     load_timeout: Duration,
     loads: AtomicU64,
 }
@@ -251,7 +252,18 @@ impl Engine {
                     return Err(EngineError::LogFailed);
                 }
             }
-            Durability::Store => self.dirty.wait_stored(&key, applied.object.version).await,
+            Durability::Store => {
+                // Bounded, so that a dead store cannot hold a request (and
+                // with it a graceful shutdown) forever. The write stays
+                // applied and will be stored; only its confirmation failed.
+                let stored = self.dirty.wait_stored(&key, applied.object.version);
+                if tokio::time::timeout(self.shared.load_timeout, stored)
+                    .await
+                    .is_err()
+                {
+                    return Err(EngineError::Unconfirmed);
+                }
+            }
         }
         Ok(applied)
     }
@@ -299,10 +311,15 @@ impl Worker {
         let current = match self.shared.hot.get(&key).await {
             Some(slot) => slot,
             None => match self.directory.get(&key) {
-                // Not in the directory: the key does not exist.
+                // Not in the directory: the key does not exist. Absence is
+                // not cached: the directory already answers it, and caching
+                // it would let reads of random keys evict real objects.
                 None => None,
                 Some(_) => match self.shared.dirty.get(&key) {
-                    Some(pending) => Some(pending),
+                    Some(pending) => {
+                        self.shared.hot.insert(key, Some(pending.clone())).await;
+                        Some(pending)
+                    }
                     None => {
                         self.start_load(key, cmd);
                         return;
@@ -310,7 +327,6 @@ impl Worker {
                 },
             },
         };
-        self.shared.hot.insert(key, current.clone()).await;
         self.run_command(cmd, current).await;
     }
 
@@ -332,7 +348,9 @@ impl Worker {
         let parked = self.loading.remove(&key).unwrap_or_default();
         match result {
             Ok(slot) => {
-                self.shared.hot.insert(key, slot.clone()).await;
+                if slot.is_some() {
+                    self.shared.hot.insert(key, slot.clone()).await;
+                }
                 let mut current = slot;
                 for cmd in parked {
                     current = self.run_command(cmd, current).await;

@@ -43,6 +43,10 @@ pub enum EngineError {
     /// The write is applied in memory but the log could not make it durable.
     #[error("the write-ahead log failed")]
     LogFailed,
+    /// A `store`-durability write was applied but the store did not confirm
+    /// it within the store timeout.
+    #[error("the object store did not confirm the write in time")]
+    Unconfirmed,
     /// The engine is shutting down.
     #[error("the storage engine has stopped")]
     Stopped,

@@ -438,6 +438,19 @@ async fn a_store_outage_fills_the_backlog_then_pushes_back_and_loses_nothing() -
     let r = put("out/0".into(), 1000).await?;
     assert!(r.status().is_success());
     acked.insert("out/0".into(), 1000);
+    // A `store`-durability write cannot be confirmed: 504 after the store
+    // timeout, though it is applied and will be stored after recovery.
+    let r = c
+        .put(format!("{}/o/out/1", o.url()))
+        .header("content-type", JSON)
+        .header("x-prefold-durability", "store")
+        .body("2000")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 504);
+    let body: Value = r.json().await?;
+    assert_eq!(body["type"], "urn:prefold:problem:store-timeout");
+    acked.insert("out/1".into(), 2000);
     poll(
         "failed PUTs being retried",
         Duration::from_secs(30),
