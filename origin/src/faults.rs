@@ -49,13 +49,12 @@
 //! the parts of a started multipart upload are not affected.
 
 use std::fmt;
-use std::future::Future;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use object_store::path::Path;
@@ -66,9 +65,6 @@ use object_store::{
 
 /// The `store` name carried by every injected [`Error::Generic`].
 const STORE: &str = "faulty";
-
-/// The future type `#[async_trait]` gives [`ObjectStore`]'s async methods.
-type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
 /// An [`ObjectStore`] that injects the faults named in a control file before
 /// forwarding each operation to the store it wraps.
@@ -255,73 +251,35 @@ async fn inject(control: &FsPath, op: Op) -> Result<()> {
     }
 }
 
-// The async methods are written out the way `#[async_trait]` expands them,
-// since this crate does not depend on `async-trait` itself.
+#[async_trait]
 impl ObjectStore for FaultyStore {
-    fn put_opts<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 Path,
+    async fn put_opts(
+        &self,
+        location: &Path,
         payload: PutPayload,
         opts: PutOptions,
-    ) -> BoxFut<'async_trait, PutResult>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.inject(Op::Put).await?;
-            self.inner.put_opts(location, payload, opts).await
-        })
+    ) -> Result<PutResult> {
+        self.inject(Op::Put).await?;
+        self.inner.put_opts(location, payload, opts).await
     }
 
-    fn put_multipart_opts<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 Path,
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
         opts: PutMultipartOptions,
-    ) -> BoxFut<'async_trait, Box<dyn MultipartUpload>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.inject(Op::Put).await?;
-            self.inner.put_multipart_opts(location, opts).await
-        })
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.inject(Op::Put).await?;
+        self.inner.put_multipart_opts(location, opts).await
     }
 
-    fn get_opts<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        location: &'life1 Path,
-        options: GetOptions,
-    ) -> BoxFut<'async_trait, GetResult>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.inject(Op::Get).await?;
-            self.inner.get_opts(location, options).await
-        })
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.inject(Op::Get).await?;
+        self.inner.get_opts(location, options).await
     }
 
-    fn get_ranges<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        location: &'life1 Path,
-        ranges: &'life2 [Range<u64>],
-    ) -> BoxFut<'async_trait, Vec<Bytes>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.inject(Op::Get).await?;
-            self.inner.get_ranges(location, ranges).await
-        })
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.inject(Op::Get).await?;
+        self.inner.get_ranges(location, ranges).await
     }
 
     fn delete_stream(
@@ -374,55 +332,19 @@ impl ObjectStore for FaultyStore {
         .boxed()
     }
 
-    fn list_with_delimiter<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        prefix: Option<&'life1 Path>,
-    ) -> BoxFut<'async_trait, ListResult>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.inject(Op::List).await?;
-            self.inner.list_with_delimiter(prefix).await
-        })
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.inject(Op::List).await?;
+        self.inner.list_with_delimiter(prefix).await
     }
 
-    fn copy_opts<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        from: &'life1 Path,
-        to: &'life2 Path,
-        options: CopyOptions,
-    ) -> BoxFut<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.inject(Op::Other).await?;
-            self.inner.copy_opts(from, to, options).await
-        })
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.inject(Op::Other).await?;
+        self.inner.copy_opts(from, to, options).await
     }
 
-    fn rename_opts<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        from: &'life1 Path,
-        to: &'life2 Path,
-        options: RenameOptions,
-    ) -> BoxFut<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.inject(Op::Other).await?;
-            self.inner.rename_opts(from, to, options).await
-        })
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.inject(Op::Other).await?;
+        self.inner.rename_opts(from, to, options).await
     }
 }
 
