@@ -58,6 +58,14 @@ cat <<MSG
   prefold is running
     edge   (wrangler dev): http://127.0.0.1:$EDGE_PORT/o/page/home
     origin (direct):       http://$ORIGIN_ADDR/o/page/home
+    origin metrics:        http://$ORIGIN_ADDR/metrics
+
+  try:
+    curl -X POST 'http://127.0.0.1:$EDGE_PORT/o/page/home?op=increment&path=/views' \\
+         -H 'content-type: application/json' -d 1
+    curl -X PATCH http://127.0.0.1:$EDGE_PORT/o/page/home \\
+         -H 'content-type: application/merge-patch+json' -d '{"title":"Hello again"}'
+
   Ctrl-C stops both.
 
 MSG
