@@ -13,6 +13,8 @@ use thiserror::Error;
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// The response header carrying an object's version as a decimal number.
 pub const VERSION_HEADER: &str = "x-prefold-version";
+/// The response header naming the origin that owns a misdirected key.
+pub const OWNER_HEADER: &str = "x-prefold-owner";
 /// The response header saying where the edge found an answer (`kv`, `origin`).
 pub const SOURCE_HEADER: &str = "x-prefold-source";
 
@@ -177,12 +179,16 @@ pub enum ProblemKind {
     Conflict,
     /// `If-Match` / `If-None-Match` did not hold (412).
     PreconditionFailed,
+    /// The key belongs to another origin (421); the body names it.
+    Misdirected,
     /// This key's writes must carry `If-Match` or `If-None-Match` (428).
     PreconditionRequired,
     /// Too many writes are waiting for the store; retry later (503).
     Overloaded,
     /// A `store`-durability write was not confirmed by the store in time (504).
     StoreTimeout,
+    /// The object store failed or timed out on a load this request needed (503).
+    StoreUnavailable,
     /// The body is not valid JSON (400).
     MalformedJson,
     /// No object under this key (404).
@@ -211,6 +217,7 @@ impl ProblemKind {
             | ProblemKind::InvalidPrecondition => 400,
             ProblemKind::Conflict => 409,
             ProblemKind::PreconditionFailed => 412,
+            ProblemKind::Misdirected => 421,
             ProblemKind::PreconditionRequired => 428,
             ProblemKind::NotFound => 404,
             ProblemKind::MethodNotAllowed => 405,
@@ -219,6 +226,7 @@ impl ProblemKind {
             ProblemKind::Internal => 500,
             ProblemKind::OriginUnavailable | ProblemKind::NotReady | ProblemKind::Overloaded => 503,
             ProblemKind::StoreTimeout => 504,
+            ProblemKind::StoreUnavailable => 503,
         }
     }
 
@@ -230,9 +238,11 @@ impl ProblemKind {
             ProblemKind::InvalidPrecondition => "invalid-precondition",
             ProblemKind::Conflict => "conflict",
             ProblemKind::PreconditionFailed => "precondition-failed",
+            ProblemKind::Misdirected => "misdirected",
             ProblemKind::PreconditionRequired => "precondition-required",
             ProblemKind::Overloaded => "overloaded",
             ProblemKind::StoreTimeout => "store-timeout",
+            ProblemKind::StoreUnavailable => "store-unavailable",
             ProblemKind::MalformedJson => "malformed-json",
             ProblemKind::NotFound => "not-found",
             ProblemKind::MethodNotAllowed => "method-not-allowed",
@@ -252,9 +262,11 @@ impl ProblemKind {
             ProblemKind::InvalidPrecondition => "Invalid precondition header",
             ProblemKind::Conflict => "Conflict with the current object",
             ProblemKind::PreconditionFailed => "Precondition failed",
+            ProblemKind::Misdirected => "Key owned by another origin",
             ProblemKind::PreconditionRequired => "Precondition required",
             ProblemKind::Overloaded => "Overloaded",
             ProblemKind::StoreTimeout => "Store did not confirm in time",
+            ProblemKind::StoreUnavailable => "Object store unavailable",
             ProblemKind::MalformedJson => "Malformed JSON body",
             ProblemKind::NotFound => "No such object",
             ProblemKind::MethodNotAllowed => "Method not allowed",

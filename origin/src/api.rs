@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use prefold_core::http::{
     check_json, if_none_match, is_json_media_type, DURABILITY_HEADER, MERGE_PATCH_CONTENT_TYPE,
-    PROBLEM_CONTENT_TYPE, VERSION_HEADER,
+    OWNER_HEADER, PROBLEM_CONTENT_TYPE, VERSION_HEADER,
 };
 use prefold_core::{Key, Preconditions, Problem, ProblemKind};
 use serde::{Deserialize, Serialize};
@@ -166,9 +166,15 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/o/{*key}", objects())
         .route("/o/", objects())
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .route(
+            "/healthz",
+            get(|| async { "ok" }).fallback(method_not_allowed_get),
+        )
+        .route("/readyz", get(readyz).fallback(method_not_allowed_get))
+        .route(
+            "/metrics",
+            get(metrics_text).fallback(method_not_allowed_get),
+        )
         .fallback(|| async { ApiError::NoRoute })
         .with_state(state)
 }
@@ -199,6 +205,10 @@ impl IntoResponse for ApiError {
             ApiError::InvalidPrecondition(e) => {
                 (ProblemKind::InvalidPrecondition, Some(e.to_string()))
             }
+            ApiError::NotOwner { .. } => (ProblemKind::Misdirected, Some(self.to_string())),
+            ApiError::Engine(EngineError::ResultTooLarge { .. }) => {
+                (ProblemKind::PayloadTooLarge, Some(self.to_string()))
+            }
             ApiError::PreconditionRequired(_) => {
                 (ProblemKind::PreconditionRequired, Some(self.to_string()))
             }
@@ -216,16 +226,18 @@ impl IntoResponse for ApiError {
                 Some("too many writes are waiting for the object store; retry later".into()),
             ),
             ApiError::NoRoute => (ProblemKind::NotFound, Some("no such resource".to_owned())),
-            ApiError::MethodNotAllowed => (
+            ApiError::MethodNotAllowed(allow) => (
                 ProblemKind::MethodNotAllowed,
-                Some(format!("allowed: {ALLOW}")),
+                Some(format!("allowed: {allow}")),
             ),
             ApiError::NotReady => (ProblemKind::NotReady, None),
+            ApiError::Engine(EngineError::Store(e)) => {
+                tracing::error!(error = %e, "a load from the object store failed");
+                (ProblemKind::StoreUnavailable, None)
+            }
             ApiError::Store(_)
             | ApiError::Encode(_)
-            | ApiError::Engine(
-                EngineError::LogFailed | EngineError::Stopped | EngineError::Store(_),
-            ) => {
+            | ApiError::Engine(EngineError::LogFailed | EngineError::Stopped) => {
                 tracing::error!(error = %self, "request failed");
                 (ProblemKind::Internal, None)
             }
@@ -240,11 +252,17 @@ impl IntoResponse for ApiError {
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            ApiError::MethodNotAllowed => {
-                h.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+            ApiError::MethodNotAllowed(allow) => {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::NotReady | ApiError::Engine(EngineError::Overloaded) => {
+            ApiError::NotReady
+            | ApiError::Engine(EngineError::Overloaded | EngineError::Store(_)) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::NotOwner { owner, .. } => {
+                if let Ok(v) = HeaderValue::from_str(&owner) {
+                    h.insert(OWNER_HEADER, v);
+                }
             }
             _ => {}
         }
@@ -253,7 +271,11 @@ impl IntoResponse for ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
+    ApiError::MethodNotAllowed(ALLOW)
+}
+
+async fn method_not_allowed_get() -> ApiError {
+    ApiError::MethodNotAllowed("GET, HEAD")
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
@@ -274,6 +296,19 @@ fn key_of(uri: &Uri) -> Result<Key, ApiError> {
     Ok(Key::parse(raw)?)
 }
 
+/// Refuses a key another origin owns: answering it here would serve a
+/// stale or empty copy, or write beside the owner (DESIGN rule 1).
+fn check_owner(state: &AppState, key: &Key) -> Result<(), ApiError> {
+    match state.0.config.other_owner(key) {
+        Some(owner) => Err(ApiError::NotOwner {
+            key: key.to_string(),
+            owner: owner.name.clone(),
+            url: owner.url.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn version_headers(h: &mut HeaderMap, object: &Object) {
     h.insert(header::ETAG, object.etag().clone());
     h.insert(VERSION_HEADER, HeaderValue::from(object.version));
@@ -283,6 +318,7 @@ fn version_headers(h: &mut HeaderMap, object: &Object) {
 // clone, and this is the hot path.
 async fn get_object(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let key = key_of(req.uri())?;
+    check_owner(&state, &key)?;
     let headers = req.headers();
     let object = state
         .engine()?
@@ -374,9 +410,18 @@ async fn write(
     op: Op,
     op_index: usize,
 ) -> Result<Response, ApiError> {
-    let text =
-        |name: header::HeaderName| headers.get(&name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    let preconditions = Preconditions::parse(text(header::IF_MATCH), text(header::IF_NONE_MATCH))?;
+    // Several lines of a list header are one comma-separated list
+    // (RFC 9110 §5.3).
+    let list = |name: header::HeaderName| {
+        let lines: Vec<&str> = headers
+            .get_all(&name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+            .collect();
+        (!lines.is_empty()).then(|| lines.join(", "))
+    };
+    let (if_match, if_none_match) = (list(header::IF_MATCH), list(header::IF_NONE_MATCH));
+    let preconditions = Preconditions::parse(if_match.as_deref(), if_none_match.as_deref())?;
     let durability = match headers.get(DURABILITY_HEADER) {
         None => state.0.config.durability,
         Some(v) => v.to_str().ok().and_then(Durability::parse).ok_or_else(|| {
@@ -428,6 +473,7 @@ async fn put_object(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri)?;
+    check_owner(&state, &key)?;
     let content_type = content_type(&headers, is_json_media_type)?;
     let body = json_body(&state, &headers, body).await?;
     let op = Op::Put { content_type, body };
@@ -441,6 +487,7 @@ async fn patch_object(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri)?;
+    check_owner(&state, &key)?;
     content_type(&headers, |ct| {
         ct.split(';')
             .next()
@@ -458,6 +505,7 @@ async fn delete_object(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri)?;
+    check_owner(&state, &key)?;
     write(&state, key, &headers, Op::Delete, 2).await
 }
 
@@ -477,6 +525,7 @@ async fn post_object(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri)?;
+    check_owner(&state, &key)?;
     let Query(q) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let op_name = q.op.unwrap_or_default();
     if op_name != "append" && op_name != "increment" {

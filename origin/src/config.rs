@@ -185,9 +185,14 @@ impl Config {
 
     /// Whether this origin owns a key (every key without `--origins`).
     pub fn owns(&self, key: &Key) -> bool {
+        self.other_owner(key).is_none()
+    }
+
+    /// The owner of a key when it is not this origin.
+    pub fn other_owner(&self, key: &Key) -> Option<&prefold_core::Origin> {
         match (&self.origins, &self.name) {
-            (Some(list), Some(name)) => list.owner(key).name == *name,
-            _ => true,
+            (Some(list), Some(name)) => Some(list.owner(key)).filter(|o| o.name != *name),
+            _ => None,
         }
     }
 

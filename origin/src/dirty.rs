@@ -94,37 +94,51 @@ impl Dirty {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a write of `weight` bytes to `key` fits in the bounds. Writes
-    /// that do not grow the backlog always fit.
-    pub fn admits(&self, key: &Key, weight: usize) -> bool {
-        let map = self.map();
-        let old = map.keys.get(key).map(|p| p.object.weight());
+    /// Records the newest version of a key and wakes the flusher, if it fits
+    /// in the bounds; returns `false` (and changes nothing) if it does not.
+    /// Writes that do not grow the backlog always fit. `segment` is the log
+    /// segment current when the write was made.
+    pub fn try_insert(&self, key: Key, object: Arc<Object>, segment: u64) -> bool {
+        let mut map = self.map();
+        let weight = object.weight();
+        let old = map.keys.get(&key).map(|p| p.object.weight());
         if old.is_none() && map.keys.len() >= self.limits.max_keys {
             return false;
         }
-        let old = old.unwrap_or(0);
-        weight <= old || map.bytes - old + weight <= self.limits.max_bytes
+        let old_weight = old.unwrap_or(0);
+        if weight > old_weight && map.bytes - old_weight + weight > self.limits.max_bytes {
+            return false;
+        }
+        Self::put(&mut map, key, object, segment, &self.coalesced);
+        drop(map);
+        self.work.notify_one();
+        true
     }
 
-    /// Records the newest version of a key and wakes the flusher. `segment`
-    /// is the log segment current when the write was made.
+    /// Records a version regardless of the bounds (for log replay at start:
+    /// those writes were acknowledged before the restart).
     pub fn insert(&self, key: Key, object: Arc<Object>, segment: u64) {
         let mut map = self.map();
+        Self::put(&mut map, key, object, segment, &self.coalesced);
+        drop(map);
+        self.work.notify_one();
+    }
+
+    fn put(map: &mut Map, key: Key, object: Arc<Object>, segment: u64, coalesced: &AtomicU64) {
         let weight = object.weight();
-        let now = Instant::now();
         match map.keys.get_mut(&key) {
             Some(p) => {
                 let old = p.object.weight();
                 p.object = object;
                 map.bytes = map.bytes - old + weight;
-                self.coalesced.fetch_add(1, Ordering::Relaxed);
+                coalesced.fetch_add(1, Ordering::Relaxed);
             }
             None => {
                 map.keys.insert(
                     key,
                     Pending {
                         object,
-                        since: now,
+                        since: Instant::now(),
                         segment,
                         attempts: 0,
                         retry_at: None,
@@ -133,8 +147,6 @@ impl Dirty {
                 map.bytes += weight;
             }
         }
-        drop(map);
-        self.work.notify_one();
     }
 
     /// The pending version of a key, if it has one.
@@ -288,14 +300,18 @@ mod tests {
             Key::parse("b/b").unwrap(),
             Key::parse("b/c").unwrap(),
         );
-        dirty.insert(a.clone(), obj(1, 10), 1);
-        dirty.insert(b.clone(), obj(1, 10), 1);
-        assert!(!dirty.admits(&c, 10), "key bound");
-        assert!(dirty.admits(&a, 10), "replacing a pending key");
-        let big = obj(1, 900).weight();
-        assert!(!dirty.admits(&a, big), "byte bound");
+        assert!(dirty.try_insert(a.clone(), obj(1, 10), 1));
+        assert!(dirty.try_insert(b.clone(), obj(1, 10), 1));
+        assert!(!dirty.try_insert(c.clone(), obj(1, 10), 1), "key bound");
+        assert!(dirty.get(&c).is_none());
+        assert!(
+            dirty.try_insert(a.clone(), obj(2, 10), 1),
+            "replacing a pending key"
+        );
+        assert!(!dirty.try_insert(a.clone(), obj(3, 900), 1), "byte bound");
+        assert_eq!(dirty.get(&a).unwrap().version, 2);
         dirty.stored(&b, 1);
-        assert!(dirty.admits(&c, 10));
+        assert!(dirty.try_insert(c, obj(1, 10), 1));
     }
 
     #[tokio::test]

@@ -145,8 +145,11 @@ struct Shared {
     dirty: Arc<Dirty>,
     wal: Option<Wal>,
     store: Arc<dyn ObjectStore>,
-    /// Longest wait for one store request (a load, a `store` confirmation).
+    /// Longest wait for one store request (a load, a `store` confirmation,
+    /// a log fsync).
     load_timeout: Duration,
+    /// Largest object a write may produce.
+    max_body_bytes: u32,
     loads: AtomicU64,
 }
 
@@ -174,6 +177,7 @@ impl Engine {
         wal: Option<Wal>,
         store: Arc<dyn ObjectStore>,
         load_timeout: Duration,
+        max_body_bytes: u32,
     ) -> Engine {
         let shared = Arc::new(Shared {
             hot: hot.clone(),
@@ -181,6 +185,7 @@ impl Engine {
             wal,
             store,
             load_timeout,
+            max_body_bytes,
             loads: AtomicU64::new(0),
         });
         let parts = directories
@@ -245,7 +250,9 @@ impl Engine {
             Durability::Memory => {}
             Durability::Log => {
                 let ok = match durable {
-                    Some(d) => d.wait().await,
+                    Some(d) => tokio::time::timeout(self.shared.load_timeout, d.wait())
+                        .await
+                        .unwrap_or(false),
                     None => false,
                 };
                 if !ok {
@@ -335,11 +342,19 @@ impl Worker {
         let shared = self.shared.clone();
         let done = self.loaded_tx.clone();
         tokio::spawn(async move {
-            let result = match tokio::time::timeout(shared.load_timeout, load(&shared, &key)).await
-            {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Timeout(shared.load_timeout)),
-            };
+            let timeout = shared.load_timeout;
+            let load_key = key.clone();
+            // Its own task, so that even a panic in the load reports back
+            // and the requests parked behind it are answered.
+            let task = tokio::spawn(async move {
+                match tokio::time::timeout(timeout, load(&shared, &load_key)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(StoreError::Timeout(timeout)),
+                }
+            });
+            let result = task
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Open(format!("the load failed: {e}"))));
             let _ = done.send((key, result));
         });
     }
@@ -411,19 +426,31 @@ impl Worker {
                 content_type,
                 body,
                 result,
-            } => (Object::new(version, &content_type, body), result),
+            } => {
+                let limit = self.shared.max_body_bytes;
+                if body.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+                    return Err(EngineError::ResultTooLarge {
+                        size: body.len(),
+                        limit,
+                    });
+                }
+                (Object::new(version, &content_type, body), result)
+            }
             Outcome::Deleted => (Object::tombstone(version), None),
         };
-        if !self.shared.dirty.admits(&write.key, object.weight()) {
-            return Err(EngineError::Overloaded);
-        }
         let object = Arc::new(object);
         let key = write.key;
         let segment = self.shared.wal.as_ref().map_or(0, Wal::current_segment);
         // The flusher owns the write from here on; eviction cannot lose it.
-        self.shared
+        // Past the backlog's bounds nothing is changed and the client is
+        // told to come back.
+        if !self
+            .shared
             .dirty
-            .insert(key.clone(), object.clone(), segment);
+            .try_insert(key.clone(), object.clone(), segment)
+        {
+            return Err(EngineError::Overloaded);
+        }
         self.shared
             .hot
             .insert(key.clone(), Some(object.clone()))
@@ -515,6 +542,7 @@ mod tests {
             None,
             store.clone(),
             Duration::from_secs(5),
+            1 << 20,
         ));
         Rig {
             engine,

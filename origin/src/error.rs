@@ -40,13 +40,24 @@ pub enum EngineError {
     /// The write-behind backlog is at its bound.
     #[error("the write-behind backlog is full")]
     Overloaded,
-    /// The write is applied in memory but the log could not make it durable.
+    /// The write is applied in memory (and will be stored) but the log
+    /// could not make it durable in time: the outcome, for the client, is
+    /// unknown, as after a timeout.
     #[error("the write-ahead log failed")]
     LogFailed,
     /// A `store`-durability write was applied but the store did not confirm
     /// it within the store timeout.
     #[error("the object store did not confirm the write in time")]
     Unconfirmed,
+    /// A merge patch, append or increment made the object larger than the
+    /// body limit.
+    #[error("the result would be {size} bytes; the limit is {limit}")]
+    ResultTooLarge {
+        /// The result's size.
+        size: usize,
+        /// The configured limit.
+        limit: u32,
+    },
     /// The engine is shutting down.
     #[error("the storage engine has stopped")]
     Stopped,
@@ -79,9 +90,9 @@ pub enum ApiError {
     /// No such route.
     #[error("no such resource")]
     NoRoute,
-    /// Method not supported on this path.
+    /// Method not supported on this path (with the allowed ones).
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     /// Starting or stopping.
     #[error("not ready")]
     NotReady,
@@ -100,6 +111,16 @@ pub enum ApiError {
     /// A malformed `If-Match` / `If-None-Match`.
     #[error(transparent)]
     InvalidPrecondition(#[from] prefold_core::http::PreconditionError),
+    /// The key belongs to another origin.
+    #[error("key {key} is owned by origin {owner} ({url})")]
+    NotOwner {
+        /// The key.
+        key: String,
+        /// The owner's name.
+        owner: String,
+        /// The owner's URL.
+        url: String,
+    },
     /// Writes of this key type must carry a precondition.
     #[error("writes to `{0}/…` need If-Match or If-None-Match")]
     PreconditionRequired(String),

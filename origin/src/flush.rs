@@ -15,7 +15,9 @@
 //! a process that should be dead): the flusher reads what is there and stores
 //! its version only if it is newer, so a stale writer never overwrites a
 //! newer version. The local filesystem has no `Update`; there the flusher
-//! uses `Create` and falls back to a checked overwrite.
+//! uses `Create` for a key it has not stored and otherwise reads the stored
+//! version before overwriting it (a check, not an atomic one: two processes
+//! writing one filesystem store can still race inside that window).
 //!
 //! **Log trimming.** After each round, log segments older than the oldest
 //! segment any pending write may need are deleted (see [`crate::wal`]).
@@ -81,7 +83,8 @@ pub struct Flusher {
     pub conditional: Conditional,
     /// Counters.
     pub stats: Arc<FlushStats>,
-    /// The store's version tag of each key we have written, for `Update`.
+    /// The store's version tag of each key we have written, for `Update`
+    /// (with `Create` only, a tag just says the key exists).
     tags: Mutex<HashMap<Key, UpdateVersion>>,
 }
 
@@ -227,6 +230,13 @@ impl Flusher {
             .cloned()
     }
 
+    fn forget_tag(&self, key: &Key) {
+        self.tags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
     fn set_tag(&self, key: &Key, tag: UpdateVersion) {
         self.tags
             .lock()
@@ -243,21 +253,29 @@ impl Flusher {
             }
         };
         let path = Path::from(object_path(key));
-        let mode = match (self.conditional, self.tag(key)) {
-            (Conditional::None, _) | (Conditional::Create, Some(_)) => PutMode::Overwrite,
-            (Conditional::Full, Some(tag)) => PutMode::Update(tag),
-            (_, None) => PutMode::Create,
+        let first = match (self.conditional, self.tag(key)) {
+            (Conditional::None, _) => Some(PutMode::Overwrite),
+            (Conditional::Full, Some(tag)) => Some(PutMode::Update(tag)),
+            // Without `Update`, a known key is checked before every
+            // overwrite: the tag alone cannot stop a stale overwrite.
+            (Conditional::Create, Some(_)) => None,
+            (_, None) => Some(PutMode::Create),
         };
-        match self.put(&path, record.clone(), mode).await {
-            Ok(tag) => {
-                self.set_tag(key, tag);
-                return PutOutcome::Stored;
+        if let Some(mode) = first {
+            match self.put(&path, record.clone(), mode).await {
+                Ok(tag) => {
+                    self.set_tag(key, tag);
+                    return PutOutcome::Stored;
+                }
+                Err(Some(e)) => {
+                    // A timed-out PUT may still land later: do not trust the
+                    // tag until the store has been read again.
+                    self.forget_tag(key);
+                    tracing::warn!(%key, error = %e, "store PUT failed; will retry");
+                    return PutOutcome::Failed;
+                }
+                Err(None) => {}
             }
-            Err(Some(e)) => {
-                tracing::warn!(%key, error = %e, "store PUT failed; will retry");
-                return PutOutcome::Failed;
-            }
-            Err(None) => {}
         }
         // The store holds something we did not expect: look before writing.
         let current = match self.read_current(key, &path).await {
@@ -283,6 +301,7 @@ impl Flusher {
                 PutOutcome::Stored
             }
             Err(e) => {
+                self.forget_tag(key);
                 let e = e.map_or_else(|| "conflict again".to_owned(), |e| e.to_string());
                 tracing::warn!(%key, error = %e, "store PUT failed; will retry");
                 PutOutcome::Failed
@@ -324,8 +343,16 @@ impl Flusher {
                         version: r.meta.version.clone(),
                     };
                     let bytes = r.bytes().await.map_err(|e| e.to_string())?;
-                    let object = Object::decode(key, bytes).map_err(|e| e.to_string())?;
-                    Ok(Some((object.version, tag)))
+                    match Object::decode(key, bytes) {
+                        Ok(object) => Ok(Some((object.version, tag))),
+                        // A record that does not decode is older than
+                        // anything we hold: replace it rather than retry
+                        // forever.
+                        Err(e) => {
+                            tracing::error!(%key, error = %e, "replacing a stored record that does not decode");
+                            Ok(Some((0, tag)))
+                        }
+                    }
                 }
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e.to_string()),
@@ -413,6 +440,43 @@ mod tests {
             stale.dirty.insert(key.clone(), obj(60), 1);
             assert_eq!(stale.flush_round(false).await, 0);
             assert_eq!(stored_version(store.as_ref(), &key).await, 60);
+        }
+    }
+
+    #[tokio::test]
+    async fn create_mode_checks_a_known_key_before_overwriting() {
+        let store = Arc::new(InMemory::new());
+        let key = Key::parse("k/1").unwrap();
+        let late = flusher(store.clone(), Conditional::Create);
+        late.dirty.insert(key.clone(), obj(1), 1);
+        late.flush_round(false).await;
+        let fresh = flusher(store.clone(), Conditional::Create);
+        fresh.dirty.insert(key.clone(), obj(9), 1);
+        fresh.flush_round(false).await;
+        // `late` has a tag for the key, and still must not overwrite 9 with 5.
+        late.dirty.insert(key.clone(), obj(5), 1);
+        assert_eq!(late.flush_round(false).await, 0);
+        assert_eq!(late.stats.superseded.load(Ordering::Relaxed), 1);
+        assert_eq!(stored_version(store.as_ref(), &key).await, 9);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_stored_record_is_replaced_not_retried_forever() {
+        for conditional in [Conditional::Full, Conditional::Create] {
+            let store = Arc::new(InMemory::new());
+            let key = Key::parse("bad/1").unwrap();
+            store
+                .put(
+                    &Path::from(object_path(&key)),
+                    PutPayload::from_static(b"garbage"),
+                )
+                .await
+                .unwrap();
+            let f = flusher(store.clone(), conditional);
+            f.dirty.insert(key.clone(), obj(3), 1);
+            assert_eq!(f.flush_round(false).await, 0);
+            assert!(f.dirty.is_empty());
+            assert_eq!(stored_version(store.as_ref(), &key).await, 3);
         }
     }
 

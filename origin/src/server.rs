@@ -5,12 +5,13 @@
 //! `/readyz` says 503) while the warm load fills the hot tier; then it starts
 //! the partition workers and the flusher and reports ready. When its shutdown
 //! future resolves it drains in order: stop accepting and finish in-flight
-//! requests (axum's graceful shutdown), then let the flusher store every
-//! pending write or give up at the configured deadline. It returns how many
+//! requests (axum's graceful shutdown, for at most the shutdown timeout),
+//! then let the flusher store every pending write or give up after the
+//! shutdown timeout again. It returns how many
 //! writes were left unstored, so `main` can exit non-zero when that is not
 //! zero (they are still in the log and will be replayed at the next start).
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,14 +129,26 @@ impl Origin {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, app(state.clone()))
+        let serve = axum::serve(listener, app(state.clone()))
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 tracing::info!("shutting down: no new connections; finishing requests");
                 stopping_signal.cancel();
                 serving_state.set_ready(false);
             })
-            .await?;
+            .into_future();
+        // Requests get the shutdown timeout to finish: a stalled client must
+        // not keep the flusher from storing what was acknowledged.
+        let deadline = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(config.shutdown_timeout()).await;
+        };
+        tokio::select! {
+            r = serve => r?,
+            () = deadline => tracing::warn!(
+                "requests still open after the shutdown timeout; closing them"
+            ),
+        }
         stopping.cancel();
 
         tracing::info!("requests finished; storing pending writes");
@@ -210,6 +223,7 @@ async fn start(
         inner.wal.clone(),
         store,
         config.store_timeout(),
+        config.max_body_bytes,
     );
     if inner.engine.set(engine).is_err() {
         tracing::error!("the engine was started twice");

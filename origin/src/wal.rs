@@ -56,6 +56,9 @@ pub struct Wal {
 
 struct Shared {
     dir: PathBuf,
+    /// Held for the process's lifetime: two processes on one log would
+    /// delete each other's segments.
+    _lock: File,
     segment: AtomicU64,
     fsyncs: AtomicU64,
     records: AtomicU64,
@@ -118,6 +121,19 @@ impl Wal {
     /// segment is closed.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Wal, Replay), StoreError> {
         fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err("opening", &lock_path, e))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Open(format!(
+                "the write-ahead log in {} is in use by another process (give each process its own --wal-dir)",
+                dir.display()
+            )));
+        }
         let existing = segments(dir).map_err(|e| io_err("listing", dir, e))?;
         let mut replay = Replay {
             records: HashMap::new(),
@@ -140,6 +156,7 @@ impl Wal {
         let (tx, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
+            _lock: lock,
             segment: AtomicU64::new(first),
             fsyncs: AtomicU64::new(0),
             records: AtomicU64::new(0),
@@ -148,6 +165,7 @@ impl Wal {
             rx,
             file,
             size: 0,
+            broken: false,
             segment_bytes,
             shared: shared.clone(),
         };
@@ -241,7 +259,9 @@ fn replay_segment(n: u64, data: &[u8], out: &mut Replayed) -> (u64, bool) {
         };
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let Some(payload) = data.get(at + 8..at + 8 + len) else {
+        // A zero length is a zero-filled tail (a crash after the file grew
+        // but before the data reached it), not an empty record.
+        let Some(payload) = data.get(at + 8..at + 8 + len).filter(|_| len > 0) else {
             return (read, true);
         };
         if crc32fast::hash(payload) != crc {
@@ -292,7 +312,10 @@ fn create_segment(dir: &Path, n: u64) -> Result<File, StoreError> {
 struct Writer {
     rx: mpsc::Receiver<Entry>,
     file: File,
+    /// Bytes in the current segment that are known to be good.
     size: u64,
+    /// The last write failed and no new segment could be started.
+    broken: bool,
     segment_bytes: u64,
     shared: Arc<Shared>,
 }
@@ -319,24 +342,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let ok = match self
-                .file
-                .write_all(&buf)
-                .and_then(|()| self.file.sync_data())
-            {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, "write-ahead log write failed");
-                    false
-                }
-            };
+            let ok = self.write_batch(&buf);
             self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-            self.shared.records.fetch_add(count, Ordering::Relaxed);
-            self.size += buf.len() as u64;
-            // After a failure the file's state is unknown: start a new one.
+            if ok {
+                self.shared.records.fetch_add(count, Ordering::Relaxed);
+            }
             // Rotating before answering keeps `current_segment` in step with
             // what writers have seen acknowledged.
-            if self.size >= self.segment_bytes || !ok {
+            if ok && self.size >= self.segment_bytes {
                 self.rotate();
             }
             for w in waiters.drain(..) {
@@ -345,15 +358,48 @@ impl Writer {
         }
     }
 
-    fn rotate(&mut self) {
+    /// Writes and fsyncs one batch. On failure the file is cut back to
+    /// where the batch began and a new segment is started, so nothing is
+    /// ever appended after a torn record (replay stops reading a segment at
+    /// its first bad record). Until a new segment exists, every batch fails.
+    fn write_batch(&mut self, buf: &[u8]) -> bool {
+        if self.broken && !self.rotate() {
+            return false;
+        }
+        match self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data())
+        {
+            Ok(()) => {
+                self.size += buf.len() as u64;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "write-ahead log write failed");
+                if let Err(e) = self.file.set_len(self.size) {
+                    tracing::error!(error = %e, "cannot cut the log back after a failed write");
+                }
+                self.broken = !self.rotate();
+                false
+            }
+        }
+    }
+
+    fn rotate(&mut self) -> bool {
         let next = self.shared.segment.load(Ordering::SeqCst) + 1;
         match create_segment(&self.shared.dir, next) {
             Ok(file) => {
                 self.file = file;
                 self.size = 0;
+                self.broken = false;
                 self.shared.segment.store(next, Ordering::SeqCst);
+                true
             }
-            Err(e) => tracing::error!(error = %e, "cannot start a new log segment"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a new log segment");
+                false
+            }
         }
     }
 }
@@ -436,24 +482,58 @@ mod tests {
         assert_eq!(segments(dir.path()).unwrap(), vec![current]);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_writers_share_fsyncs() {
+    #[tokio::test]
+    async fn records_queued_together_share_one_fsync() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(dir.path(), 1 << 30).unwrap();
-        let tasks: Vec<_> = (0..200)
-            .map(|i| {
-                let wal = wal.clone();
-                tokio::spawn(async move {
-                    let k = Key::parse(&format!("t/{i}")).unwrap();
-                    let d = wal.append(&k, &obj(1, b"{}"), true).await.unwrap();
-                    d.unwrap().wait().await
-                })
-            })
-            .collect();
-        for t in tasks {
-            assert!(t.await.unwrap());
+        let file = create_segment(dir.path(), 1).unwrap();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let shared = Arc::new(Shared {
+            dir: dir.path().to_owned(),
+            _lock: File::open(dir.path()).unwrap(),
+            segment: AtomicU64::new(1),
+            fsyncs: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+        });
+        let wal = Wal {
+            tx,
+            shared: shared.clone(),
+        };
+        // 200 writers queue their records while the writer is busy (here:
+        // not started yet); it then makes them durable with one fsync.
+        let mut durable = Vec::new();
+        for i in 0..200 {
+            let k = Key::parse(&format!("t/{i}")).unwrap();
+            durable.push(wal.append(&k, &obj(1, b"{}"), true).await.unwrap().unwrap());
         }
-        assert_eq!(wal.records(), 200);
-        assert!(wal.fsyncs() < 200, "group commit: {} fsyncs", wal.fsyncs());
+        let writer = Writer {
+            rx,
+            file,
+            size: 0,
+            broken: false,
+            segment_bytes: 1 << 30,
+            shared,
+        };
+        std::thread::spawn(move || writer.run());
+        for d in durable {
+            assert!(d.wait().await);
+        }
+        assert_eq!((wal.records(), wal.fsyncs()), (200, 1));
+    }
+
+    #[test]
+    fn one_process_per_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Wal::open(dir.path(), 1 << 20).unwrap();
+        assert!(matches!(
+            Wal::open(dir.path(), 1 << 20),
+            Err(StoreError::Open(_))
+        ));
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_torn() {
+        let mut out = Replayed::new();
+        assert_eq!(replay_segment(1, &[0u8; 64], &mut out), (0, true));
+        assert!(out.is_empty());
     }
 }

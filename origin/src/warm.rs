@@ -10,7 +10,9 @@
 //! when standard error is a terminal. Then the log's newest record per key is
 //! applied wherever it is newer than the store's version; those writes enter
 //! the backlog so the flusher stores them (they were acknowledged before the
-//! crash or restart, and may never have reached the store).
+//! crash or restart, and may never have reached the store). Records of keys
+//! this origin no longer owns (the origin list changed while it was down)
+//! are stored too, but not served.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -128,8 +130,14 @@ pub async fn warm(
     }
 
     let mut replayed = 0;
+    let mut handed_over = 0;
     for (key, (segment, object)) in replay {
         if !owns(&key) {
+            // Acknowledged here before the origin list changed: store it
+            // (the flusher never overwrites a newer version) but do not
+            // serve it; the key's new owner does.
+            dirty.insert(key, Arc::new(object), segment);
+            handed_over += 1;
             continue;
         }
         let dir = &mut directories[partition_of(&key, partitions.max(1))];
@@ -153,6 +161,7 @@ pub async fn warm(
     tracing::info!(
         loaded,
         replayed,
+        handed_over,
         corrupt,
         seconds = format!("{secs:.2}"),
         rate = (loaded as f64 / secs.max(1e-9)) as u64,

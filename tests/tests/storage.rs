@@ -43,6 +43,16 @@ fn problem(r: &RawResponse, status: u16, slug: &str, ctx: &str) {
     );
 }
 
+/// Rewrites a fault control file atomically (write, then rename): the
+/// origin re-reads it on every store operation and must never see it half
+/// written.
+fn set_faults(control: &std::path::Path, spec: &str) -> Result<()> {
+    let tmp = control.with_extension("tmp");
+    std::fs::write(&tmp, spec)?;
+    std::fs::rename(&tmp, control)?;
+    Ok(())
+}
+
 /// Waits until the origin has stored everything it acknowledged.
 async fn wait_flushed(o: &OriginProc) -> Result<()> {
     poll("an empty backlog", Duration::from_secs(60), || async {
@@ -268,12 +278,36 @@ async fn fifty_if_match_loops_lose_no_update() -> Result<()> {
 
 /// Issue 4 (b): `kill -9` during a concurrent write load in `log` mode. Every
 /// acknowledged write reads back with exactly its value after the restart,
-/// and the store converges. The flush window is an hour, so the store holds
+/// and the store converges. With an hour's flush window the store holds
 /// nothing before the kill: everything read back came from the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_log_mode_loses_no_acknowledged_write() -> Result<()> {
+    kill_9_scenario(&["--flush-interval-ms", "3600000"], true).await
+}
+
+/// The same while the log is busiest: tiny segments rotate constantly and
+/// are trimmed as a slow store catches up, all during the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_the_log_rotates_and_trims() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let args = ["--durability", "log", "--flush-interval-ms", "3600000"];
+    let control = dir.path().join("faults");
+    set_faults(&control, "put=delay:20")?;
+    let control = control.to_str().unwrap().to_owned();
+    let args = [
+        "--flush-interval-ms",
+        "10",
+        "--wal-segment-bytes",
+        "4096",
+        "--fault-file",
+        control.as_str(),
+    ];
+    kill_9_scenario(&args, false).await
+}
+
+async fn kill_9_scenario(extra: &[&str], store_empty_before_kill: bool) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut args = vec!["--durability", "log"];
+    args.extend_from_slice(extra);
     let o = OriginProc::start(dir.path(), &args).await?;
     let url = o.url();
     // Per key: the last acknowledged value, and the one in flight (which may
@@ -321,15 +355,29 @@ async fn kill_9_in_log_mode_loses_no_acknowledged_write() -> Result<()> {
         || async { (acked.load(Ordering::Relaxed) >= 2000).then_some(()) },
     )
     .await?;
+    if !store_empty_before_kill {
+        // Kill while the log is rotating and being trimmed under the load.
+        poll(
+            "log segments trimmed during the load",
+            Duration::from_secs(60),
+            || async {
+                let m = o.metrics().await.ok()?;
+                (m["prefold_wal_segments_trimmed_total"] > 0.0).then_some(())
+            },
+        )
+        .await?;
+    }
     o.kill9().await?;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await?;
     }
-    assert!(
-        stored_objects(&dir.path().join("store")).is_empty(),
-        "nothing reached the store before the kill"
-    );
+    if store_empty_before_kill {
+        assert!(
+            stored_objects(&dir.path().join("store")).is_empty(),
+            "nothing reached the store before the kill"
+        );
+    }
 
     let o = OriginProc::start(dir.path(), &["--flush-interval-ms", "10"]).await?;
     let seen = seen.lock().unwrap().clone();
@@ -376,7 +424,7 @@ async fn kill_9_in_log_mode_loses_no_acknowledged_write() -> Result<()> {
 async fn a_store_outage_fills_the_backlog_then_pushes_back_and_loses_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let control = dir.path().join("faults");
-    std::fs::write(&control, "")?;
+    set_faults(&control, "")?;
     let fault_file = control.to_str().unwrap().to_owned();
     let o = OriginProc::start(
         dir.path(),
@@ -409,7 +457,7 @@ async fn a_store_outage_fills_the_backlog_then_pushes_back_and_loses_nothing() -
     let mut acked: HashMap<String, u64> = HashMap::new();
 
     // A slow store does not slow acknowledgements down (it only delays storing).
-    std::fs::write(&control, "put=delay:200")?;
+    set_faults(&control, "put=delay:200")?;
     for i in 0..10 {
         let r = put(format!("slow/{i}"), i).await?;
         assert!(r.status().is_success());
@@ -418,7 +466,7 @@ async fn a_store_outage_fills_the_backlog_then_pushes_back_and_loses_nothing() -
     wait_flushed(&o).await?;
 
     // Outage: every PUT fails. Writes are acknowledged until 40 keys wait.
-    std::fs::write(&control, "put=error")?;
+    set_faults(&control, "put=error")?;
     let mut refused = None;
     for i in 0..100 {
         let r = put(format!("out/{i}"), i).await?;
@@ -462,7 +510,7 @@ async fn a_store_outage_fills_the_backlog_then_pushes_back_and_loses_nothing() -
     .await?;
 
     // A hung store: PUTs time out and are retried; nothing is lost either.
-    std::fs::write(&control, "put=hang")?;
+    set_faults(&control, "put=hang")?;
     let before = o.metric("prefold_store_put_failures_total").await?;
     poll("timed-out PUTs", Duration::from_secs(30), || async {
         let f = o.metric("prefold_store_put_failures_total").await.ok()?;
@@ -473,7 +521,7 @@ async fn a_store_outage_fills_the_backlog_then_pushes_back_and_loses_nothing() -
     assert_eq!(r.status(), 503, "still full while the store hangs");
 
     // Recovery: the backlog drains and every acknowledged write is stored.
-    std::fs::write(&control, "")?;
+    set_faults(&control, "")?;
     wait_flushed(&o).await?;
     let m = o.metrics().await?;
     assert!(m["prefold_backlog_oldest_age_seconds"] == 0.0);
@@ -531,6 +579,8 @@ async fn bad_input_gets_precise_problems_and_changes_nothing() -> Result<()> {
     let store_before = stored_objects(&dir.path().join("store"));
     let metrics_before = o.metrics().await?;
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(300));
+    // Under the body limit itself, but the patched object would pass it.
+    let grow = format!(r#"{{"pad":"{}"}}"#, "x".repeat(240));
 
     // (method, path, headers, body, status, problem type)
     type Case<'a> = (
@@ -751,12 +801,40 @@ async fn bad_input_gets_precise_problems_and_changes_nothing() -> Result<()> {
             400,
             "invalid-key",
         ),
+        (
+            "PATCH",
+            "/o/doc/1",
+            vec![("content-type", MERGE)],
+            &grow,
+            413,
+            "payload-too-large",
+        ),
+        ("POST", "/healthz", vec![], "", 405, "method-not-allowed"),
         ("OPTIONS", "/o/doc/1", vec![], "", 405, "method-not-allowed"),
     ];
     for (method, path, headers, body, status, slug) in &cases {
         let r = send(&o, method, path, headers, body).await?;
         problem(&r, *status, slug, &format!("{method} {path} {headers:?}"));
     }
+    // A list header split over several lines is one list.
+    let r = send(
+        &o,
+        "PUT",
+        "/o/doc/1",
+        &[
+            ("content-type", JSON),
+            ("if-none-match", "\"zz\""),
+            ("if-none-match", etag.as_str()),
+        ],
+        "{}",
+    )
+    .await?;
+    problem(
+        &r,
+        412,
+        "precondition-failed",
+        "If-None-Match over two lines",
+    );
 
     // Memory: the objects are as they were, and nothing else exists.
     let r = send(&o, "GET", "/o/doc/1", &[], "").await?;
@@ -811,7 +889,7 @@ async fn warm_load_makes_reads_deterministic_and_respects_ownership() -> Result<
     // Readiness waits for the store: while listing fails, /readyz is 503 and
     // /healthz is 200.
     let control = dir.path().join("faults");
-    std::fs::write(&control, "list=error")?;
+    set_faults(&control, "list=error")?;
     let o = OriginProc::spawn(
         dir.path(),
         &["--fault-file", control.to_str().unwrap()],
@@ -824,7 +902,7 @@ async fn warm_load_makes_reads_deterministic_and_respects_ownership() -> Result<
     assert_eq!(send(&o, "GET", "/healthz", &[], "").await?.status, 200);
     let r = send(&o, "GET", "/o/item/1", &[], "").await?;
     problem(&r, 503, "not-ready", "objects before ready");
-    std::fs::write(&control, "")?;
+    set_faults(&control, "")?;
     o.wait_ready().await?;
     let m = o.metrics().await?;
     assert_eq!(m["prefold_warm_objects"], 200.0);
@@ -855,6 +933,27 @@ async fn warm_load_makes_reads_deterministic_and_respects_ownership() -> Result<
     assert!(owned > 0 && owned < keys.len());
     let o = OriginProc::start(dir.path(), &["--origins", list, "--name", "b"]).await?;
     assert_eq!(o.metric("prefold_warm_objects").await?, owned as f64);
+    // A key another origin owns is refused with its owner named, for reads
+    // and writes alike, and nothing is written.
+    let foreign = keys
+        .iter()
+        .find(|k| origins.owner(&Key::parse(k).unwrap()).name != "b")
+        .unwrap();
+    let owner = &origins.owner(&Key::parse(foreign).unwrap()).name;
+    for (method, ct, body) in [
+        ("GET", None, ""),
+        ("PUT", Some(JSON), "1"),
+        ("DELETE", None, ""),
+    ] {
+        let headers: Vec<(&str, &str)> = ct.map(|c| ("content-type", c)).into_iter().collect();
+        let r = send(&o, method, &format!("/o/{foreign}"), &headers, body).await?;
+        problem(&r, 421, "misdirected", &format!("{method} {foreign}"));
+        assert_eq!(r.header("x-prefold-owner"), Some(owner.as_str()));
+    }
+    assert_eq!(o.metric("prefold_wal_records_total").await?, 0.0);
+    assert!(o.stop().await?.success());
+    let (_, _, body) = &stored_objects(&dir.path().join("store"))[foreign.as_str()];
+    assert_eq!(std::str::from_utf8(body)?, format!("\"{foreign}\""));
     Ok(())
 }
 
