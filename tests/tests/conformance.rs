@@ -9,6 +9,8 @@
 //! flushes it late must not overwrite a newer version another origin stored
 //! meanwhile (conditional puts, or the checked overwrite on the filesystem).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use anyhow::Result;
 use prefold_e2e::{client, OriginProc, S3Server};
 use serde_json::{json, Value};

@@ -6,6 +6,8 @@
 //! Every wait is a poll with a deadline on something observable (`/metrics`,
 //! `/readyz`, a status code), never a fixed sleep.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
