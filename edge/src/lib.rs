@@ -48,6 +48,12 @@ const CACHE_CONTROL: &str = "public, max-age=0, must-revalidate";
 struct KvMeta {
     v: String,
     ct: String,
+    /// A marker, not a copy: the object changed (or was deleted) at version
+    /// `v` by a write whose result the edge has not seen. Reads go to the
+    /// owner; only a fill of version `v` or newer replaces the marker, so a
+    /// slower fill of an older version can never bring the old object back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    stale: bool,
 }
 
 /// Everything that can go wrong at the edge. Mapped to a problem body in
@@ -267,10 +273,11 @@ async fn get_object(
     let kv = env.kv(KV_BINDING)?;
     let (value, meta) = kv.get(key.as_str()).bytes_with_metadata::<KvMeta>().await?;
     if let (Some(body), Some(meta)) = (value, meta) {
-        if let Ok(version) = meta.v.parse::<u64>() {
-            return object_response(req, body, &meta.ct, version, "kv");
+        match meta.v.parse::<u64>() {
+            Ok(_) if meta.stale => {}
+            Ok(version) => return object_response(req, body, &meta.ct, version, "kv"),
+            Err(_) => worker::console_warn!("KV entry {key} has unreadable metadata; refetching"),
         }
-        worker::console_warn!("KV entry {key} has unreadable metadata; refetching");
     }
 
     let owner = cfg.origins.owner(&key);
@@ -303,7 +310,8 @@ async fn get_object(
 /// Validates a write with the shared rules and forwards it to the key's
 /// owner. A `PUT` fills KV with the body it wrote; any other write (merge
 /// patch, delete, append, increment) produces a body the edge has not seen,
-/// so it drops the KV copy and the next read fills it from the owner.
+/// so it replaces the KV copy with a version marker and the next read fills
+/// it from the owner.
 async fn write_object(
     mut req: Request,
     env: &Env,
@@ -380,18 +388,23 @@ async fn write_object(
     )
     .await?;
     let status = resp.status_code();
-    if status >= 500 && status != 503 {
+    // 503 (overloaded) and 504 (applied, not yet confirmed by the store)
+    // are the owner's own answers and go back as they came.
+    if status >= 500 && status != 503 && status != 504 {
         return Err(EdgeError::OriginFailed {
             origin: owner.name.clone(),
             status,
         });
     }
-    if (200..300).contains(&status) {
-        if method == Method::Put {
-            let version = header_version(&resp, &owner.name)?;
-            fill_kv(ctx, env, key, body, version, ct)?;
-        } else {
-            drop_kv(ctx, env, key)?;
+    // A 504 write is applied: KV must not keep the version before it.
+    if (200..300).contains(&status) || status == 504 {
+        let version = header_version(&resp, &owner.name).ok();
+        match version {
+            Some(v) if method == Method::Put && status != 504 => {
+                fill_kv(ctx, env, key, body, v, ct)?
+            }
+            Some(v) => mark_kv_stale(ctx, env, key, v)?,
+            None => mark_kv_stale(ctx, env, key, 0)?,
         }
     }
     // The origin's answer (success, or a client error or 503 with its
@@ -413,12 +426,25 @@ async fn write_object(
         .with_headers(out))
 }
 
-/// Deletes a key's KV copy after the response is sent.
-fn drop_kv(ctx: &Context, env: &Env, key: Key) -> Result<(), EdgeError> {
+/// Replaces a key's KV copy with a marker of the version a write made,
+/// after the response is sent (see [`KvMeta::stale`]).
+fn mark_kv_stale(ctx: &Context, env: &Env, key: Key, version: u64) -> Result<(), EdgeError> {
     let kv = env.kv(KV_BINDING)?;
     ctx.wait_until(async move {
-        if let Err(e) = kv.delete(key.as_str()).await {
-            worker::console_error!("KV delete of {key} failed: {e}");
+        let meta = KvMeta {
+            v: version.to_string(),
+            ct: String::new(),
+            stale: true,
+        };
+        let put = match kv
+            .put_bytes(key.as_str(), &[])
+            .and_then(|p| p.metadata(meta))
+        {
+            Ok(put) => put.execute().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = put {
+            worker::console_error!("KV marker for {key} failed: {e}");
         }
     });
     Ok(())
@@ -459,13 +485,21 @@ fn fill_kv(
             .await
             .ok()
             .and_then(|(_, m)| m)
-            .and_then(|m| m.v.parse::<u64>().ok());
-        if current.is_some_and(|v| v >= version) {
+            .and_then(|m| Some((m.v.parse::<u64>().ok()?, m.stale)));
+        // Keep a newer copy, or the same version already filled; a marker
+        // gives way to its own version or a newer one.
+        let keep = match current {
+            Some((v, false)) => v >= version,
+            Some((v, true)) => v > version,
+            None => false,
+        };
+        if keep {
             return;
         }
         let meta = KvMeta {
             v: version.to_string(),
             ct: content_type,
+            stale: false,
         };
         let put = match kv
             .put_bytes(key.as_str(), &body)

@@ -217,7 +217,7 @@ impl IntoResponse for ApiError {
                 Some("the object's current ETag does not satisfy If-Match / If-None-Match".into()),
             ),
             ApiError::Engine(EngineError::Conflict(d)) => (ProblemKind::Conflict, Some(d.clone())),
-            ApiError::Engine(EngineError::Unconfirmed) => (
+            ApiError::Engine(EngineError::Unconfirmed(_)) => (
                 ProblemKind::StoreTimeout,
                 Some("the write is applied and will be stored, but the object store did not confirm it in time".into()),
             ),
@@ -258,6 +258,10 @@ impl IntoResponse for ApiError {
             ApiError::NotReady
             | ApiError::Engine(EngineError::Overloaded | EngineError::Store(_)) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Engine(EngineError::Unconfirmed(version)) => {
+                // The write is applied: say which version it made.
+                h.insert(VERSION_HEADER, HeaderValue::from(version));
             }
             ApiError::NotOwner { owner, .. } => {
                 if let Ok(v) = HeaderValue::from_str(&owner) {

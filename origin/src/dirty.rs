@@ -31,7 +31,10 @@ struct Pending {
     object: Arc<Object>,
     /// When the key became dirty (kept while newer writes coalesce into it).
     since: Instant,
-    /// The log segment the oldest unstored record of this key may be in.
+    /// The log segment that holds (or will hold) the record of the pending
+    /// version. Older records of the key do not matter: replay keeps the
+    /// newest version per key. So a key written without pause does not pin
+    /// old segments.
     segment: u64,
     attempts: u32,
     retry_at: Option<Instant>,
@@ -130,6 +133,7 @@ impl Dirty {
             Some(p) => {
                 let old = p.object.weight();
                 p.object = object;
+                p.segment = segment;
                 map.bytes = map.bytes - old + weight;
                 coalesced.fetch_add(1, Ordering::Relaxed);
             }
@@ -281,7 +285,7 @@ mod tests {
         let dirty = Dirty::new(limits(10, 1 << 20));
         let key = Key::parse("c/1").unwrap();
         for v in 1..=3 {
-            dirty.insert(key.clone(), obj(v, 1), 7);
+            dirty.insert(key.clone(), obj(v, 1), 4 + v);
         }
         assert_eq!((dirty.len(), dirty.coalesced()), (1, 2));
         dirty.stored(&key, 2);

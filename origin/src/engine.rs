@@ -268,7 +268,7 @@ impl Engine {
                     .await
                     .is_err()
                 {
-                    return Err(EngineError::Unconfirmed);
+                    return Err(EngineError::Unconfirmed(applied.object.version));
                 }
             }
         }

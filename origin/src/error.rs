@@ -47,8 +47,8 @@ pub enum EngineError {
     LogFailed,
     /// A `store`-durability write was applied but the store did not confirm
     /// it within the store timeout.
-    #[error("the object store did not confirm the write in time")]
-    Unconfirmed,
+    #[error("the object store did not confirm version {0} in time")]
+    Unconfirmed(u64),
     /// A merge patch, append or increment made the object larger than the
     /// body limit.
     #[error("the result would be {size} bytes; the limit is {limit}")]

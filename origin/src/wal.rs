@@ -10,7 +10,9 @@
 //!
 //! The log is a directory of numbered segments (`{n:016}.log`). A segment is
 //! closed when it passes the configured size; a closed segment is deleted
-//! once the store holds everything in it (see [`crate::flush`] for the rule).
+//! once every record in it is in the store or superseded by a newer record
+//! of the same key in a later segment (see [`crate::dirty`] and
+//! [`crate::flush`]).
 //! At start every segment is replayed, oldest first; the newest record of
 //! each key wins, and the engine re-applies those newer than the store.
 //!
