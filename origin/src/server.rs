@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{app, AppState};
 use crate::config::Config;
+use crate::config::StoreKind;
 use crate::dirty::{Dirty, Limits};
 use crate::engine::Engine;
 use crate::error::StoreError;
@@ -29,7 +30,7 @@ use crate::flush::{FlushStats, Flusher};
 use crate::hot::HotTier;
 use crate::store;
 use crate::wal::{Replayed, Wal};
-use crate::warm::warm;
+use crate::warm::{warm, Owns, Source};
 
 /// A configured origin, ready to run.
 pub struct Origin {
@@ -190,11 +191,18 @@ async fn start(
 ) -> Option<tokio::task::JoinHandle<usize>> {
     let inner = state.inner();
     let partitions = config.partitions();
-    let owns = |k: &prefold_core::Key| config.owns(k);
+    let owner_config = config.clone();
+    let owns: Owns = Arc::new(move |k: &prefold_core::Key| owner_config.owns(k));
+    let source = match (config.store, &config.fault_file) {
+        // Read the embedded store's files directly (much faster); not when
+        // faults are injected, which only the object_store path obeys.
+        (StoreKind::Fs, None) => Source::Dir(config.data.join("store")),
+        _ => Source::Store(store.clone()),
+    };
     let mut pause = Duration::from_millis(100);
     let warmed = loop {
         let attempt = warm(
-            &store,
+            &source,
             &inner.hot,
             &inner.dirty,
             replay.clone(),
