@@ -314,7 +314,10 @@ fn check_owner(state: &AppState, key: &Key) -> Result<(), ApiError> {
 }
 
 fn version_headers(h: &mut HeaderMap, object: &Object) {
-    h.insert(header::ETAG, object.etag().clone());
+    // A quoted hex number is always a valid header value.
+    if let Ok(tag) = HeaderValue::from_str(&object.etag()) {
+        h.insert(header::ETAG, tag);
+    }
     h.insert(VERSION_HEADER, HeaderValue::from(object.version));
 }
 
@@ -329,16 +332,16 @@ async fn get_object(State(state): State<AppState>, req: Request) -> Result<Respo
         .read(&key)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let not_modified = match (headers.get(header::IF_NONE_MATCH), object.etag().to_str()) {
-        (Some(inm), Ok(tag)) => inm.to_str().is_ok_and(|inm| if_none_match(inm, tag)),
-        _ => false,
-    };
+    let not_modified = headers.get(header::IF_NONE_MATCH).is_some_and(|inm| {
+        inm.to_str()
+            .is_ok_and(|inm| if_none_match(inm, &object.etag()))
+    });
     let mut resp = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = Body::from(object.body.clone()).into_response();
         r.headers_mut()
-            .insert(header::CONTENT_TYPE, object.content_type().clone());
+            .insert(header::CONTENT_TYPE, object.content_type());
         r
     };
     let h = resp.headers_mut();
@@ -449,7 +452,7 @@ async fn write(
     let answer = WriteAnswer {
         key: key.as_str(),
         version: object.version,
-        etag: object.etag_str(),
+        etag: &object.etag(),
         durability: durability.as_str(),
         deleted: object.tombstone,
         result: applied.result,

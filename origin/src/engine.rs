@@ -409,7 +409,8 @@ impl Worker {
         current: &Slot,
     ) -> Result<(Applied, Option<Durable>), EngineError> {
         let live = current.as_deref().and_then(Object::live);
-        if !write.preconditions.allow(live.map(Object::etag_str)) {
+        let current_etag = live.map(Object::etag);
+        if !write.preconditions.allow(current_etag.as_deref()) {
             return Err(EngineError::PreconditionFailed);
         }
         let outcome = write.op.apply(live).map_err(|e| match e {

@@ -2,9 +2,9 @@
 //! responses all share it.
 //!
 //! An [`Object`] is immutable and reference-counted: a write makes a new one.
-//! The response headers that depend only on the version are rendered once,
-//! when the version is made, rather than on every read (the read path is the
-//! hot path; see `bench/README.md`).
+//! It is kept small because an origin holds every object it owns: the ETag
+//! is rendered when a response needs it (tens of nanoseconds) rather than
+//! stored, and the common content type, `application/json`, costs nothing.
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
@@ -26,25 +26,20 @@ pub struct Object {
     pub tombstone: bool,
     /// The bytes, shared without copying (empty for a tombstone).
     pub body: Bytes,
-    content_type: HeaderValue,
-    etag: HeaderValue,
+    /// `None` means `application/json`.
+    content_type: Option<Box<str>>,
 }
 
 impl Object {
     /// A live version of an object. The content type was checked by the
     /// caller (JSON, ASCII, at most 255 bytes).
     pub fn new(version: u64, content_type: &str, body: Bytes) -> Object {
-        let content_type = if content_type == "application/json" {
-            JSON
-        } else {
-            HeaderValue::from_str(content_type).unwrap_or(JSON)
-        };
+        let content_type = (content_type != "application/json").then(|| content_type.into());
         Object {
             version,
             tombstone: false,
             body,
             content_type,
-            etag: etag_header(version),
         }
     }
 
@@ -54,8 +49,7 @@ impl Object {
             version,
             tombstone: true,
             body: Bytes::new(),
-            content_type: JSON,
-            etag: etag_header(version),
+            content_type: None,
         }
     }
 
@@ -64,24 +58,23 @@ impl Object {
         (!self.tombstone).then_some(self)
     }
 
-    /// The strong ETag, as a header value.
-    pub fn etag(&self) -> &HeaderValue {
-        &self.etag
-    }
-
     /// The strong ETag, as text.
-    pub fn etag_str(&self) -> &str {
-        self.etag.to_str().unwrap_or_default()
+    pub fn etag(&self) -> String {
+        etag(self.version)
     }
 
     /// The content type, as a header value.
-    pub fn content_type(&self) -> &HeaderValue {
-        &self.content_type
+    pub fn content_type(&self) -> HeaderValue {
+        match &self.content_type {
+            None => JSON,
+            // Checked to be a valid header value when the object was written.
+            Some(ct) => HeaderValue::from_str(ct).unwrap_or(JSON),
+        }
     }
 
     /// The content type, as text.
     pub fn content_type_str(&self) -> &str {
-        self.content_type.to_str().unwrap_or("application/json")
+        self.content_type.as_deref().unwrap_or("application/json")
     }
 
     /// Bytes this version costs in memory, roughly (for backlog accounting).
@@ -115,11 +108,6 @@ impl Object {
     }
 }
 
-fn etag_header(version: u64) -> HeaderValue {
-    // A quoted hex number is always a valid header value.
-    HeaderValue::from_str(&etag(version)).unwrap_or(HeaderValue::from_static("\"0\""))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -132,7 +120,7 @@ mod tests {
         let back = Object::decode(&key, Bytes::from(live.encode().unwrap())).unwrap();
         assert_eq!(back, live);
         assert_eq!(back.content_type_str(), "application/ld+json");
-        assert_eq!(back.etag_str(), "\"9\"");
+        assert_eq!(back.etag(), "\"9\"");
         let dead = Object::tombstone(10);
         let back = Object::decode(&key, Bytes::from(dead.encode().unwrap())).unwrap();
         assert!(back.tombstone && back.live().is_none());

@@ -54,6 +54,7 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 pub struct Wal {
     tx: mpsc::Sender<Entry>,
     shared: Arc<Shared>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 struct Shared {
@@ -171,11 +172,18 @@ impl Wal {
             segment_bytes,
             shared: shared.clone(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("prefold-wal".into())
             .spawn(move || writer.run())
             .map_err(|e| StoreError::Open(format!("starting the log writer: {e}")))?;
-        Ok((Wal { tx, shared }, replay))
+        Ok((
+            Wal {
+                tx,
+                shared,
+                thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+            },
+            replay,
+        ))
     }
 
     /// The segment new records go to.
@@ -195,6 +203,19 @@ impl Wal {
         };
         self.tx.send(Entry { record, done }).await.ok()?;
         Some(durable)
+    }
+
+    /// Stops the writer once everything queued is on disk and waits for it,
+    /// which releases the log's lock. Other handles stop working.
+    pub fn close(self) {
+        let Wal { tx, thread, .. } = self;
+        drop(tx);
+        let handle = thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            // The writer ends when the last sender is gone; a clone still
+            // alive elsewhere would make this wait, so only the owner calls it.
+            let _ = handle.join();
+        }
     }
 
     /// Resolves once everything appended before the call is on disk.
@@ -428,8 +449,10 @@ mod tests {
             let last = wal.append(&b, &obj(4, b"old"), true).await.unwrap();
             assert!(last.unwrap().wait().await);
             assert!(wal.fsyncs() >= 1);
+            wal.close();
         }
-        let (_, replay) = Wal::open(dir.path(), 1 << 20).unwrap();
+        let (w, replay) = Wal::open(dir.path(), 1 << 20).unwrap();
+        w.close();
         assert_eq!(replay.read, 4);
         assert_eq!(replay.records[&a].1, obj(2, b"2"));
         assert!(replay.records[&b].1.tombstone, "older version does not win");
@@ -443,6 +466,7 @@ mod tests {
             let (wal, _) = Wal::open(dir.path(), 1 << 20).unwrap();
             let d = wal.append(&k, &obj(1, b"\"ok\""), true).await.unwrap();
             assert!(d.unwrap().wait().await);
+            wal.close();
         }
         let seg = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&seg).unwrap();
@@ -451,14 +475,16 @@ mod tests {
         let mut next = encode(&k, &obj(2, b"\"cut\"")).unwrap();
         bytes.extend_from_slice(&next[..next.len() - 3]);
         fs::write(&seg, &bytes).unwrap();
-        let (_, replay) = Wal::open(dir.path(), 1 << 20).unwrap();
+        let (w, replay) = Wal::open(dir.path(), 1 << 20).unwrap();
+        w.close();
         assert_eq!((replay.read, replay.torn), (1, 1));
         assert_eq!(replay.records[&k].1.version, 1);
         bytes.truncate(whole);
         next[9] ^= 0xff;
         bytes.extend_from_slice(&next);
         fs::write(&seg, &bytes).unwrap();
-        let (_, replay) = Wal::open(dir.path(), 1 << 20).unwrap();
+        let (w, replay) = Wal::open(dir.path(), 1 << 20).unwrap();
+        w.close();
         assert_eq!(replay.records[&k].1.version, 1);
     }
 
@@ -499,6 +525,7 @@ mod tests {
         let wal = Wal {
             tx,
             shared: shared.clone(),
+            thread: Arc::default(),
         };
         // 200 writers queue their records while the writer is busy (here:
         // not started yet); it then makes them durable with one fsync.
