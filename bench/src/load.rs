@@ -3,8 +3,9 @@
 //! Every run goes through one Lua script whose `done` hook prints a JSON line
 //! with exact numbers from wrk's own histogram (requests, bytes, errors,
 //! non-2xx answers, p50 and p99 in microseconds), so nothing is scraped from
-//! wrk's human-readable output. An optional `request` hook walks a range of
-//! distinct keys (for cache-miss runs).
+//! wrk's human-readable output. A run may change the method, send a body and
+//! extra headers (writes), and walk a range of distinct keys `{prefix}{i}`
+//! through a `request` hook (cache-miss runs, writes spread over many keys).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,27 @@ function setup(thread)
   thread:set("tid", #threads)
   table.insert(threads, thread)
 end
+-- Method, body (from a file) and extra headers of every request; wrk.format
+-- falls back to these when its arguments are nil.
+local method = os.getenv("PREFOLD_METHOD")
+if method ~= nil and method ~= "" then
+  wrk.method = method
+end
+local body_file = os.getenv("PREFOLD_BODY_FILE")
+if body_file ~= nil and body_file ~= "" then
+  local f = assert(io.open(body_file, "rb"))
+  wrk.body = f:read("*a")
+  f:close()
+end
+local headers = os.getenv("PREFOLD_HEADERS")
+if headers ~= nil and headers ~= "" then
+  for line in string.gmatch(headers, "[^\n]+") do
+    local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+    if name ~= nil then
+      wrk.headers[name] = value
+    end
+  end
+end
 local counter = 0
 local prefix = os.getenv("PREFOLD_WALK_PREFIX")
 local span = tonumber(os.getenv("PREFOLD_WALK_SPAN") or "0")
@@ -60,7 +82,7 @@ if prefix ~= nil and prefix ~= "" then
   request = function()
     local i = (counter * nthreads + tid) % span
     counter = counter + 1
-    return wrk.format("GET", prefix .. i)
+    return wrk.format(nil, prefix .. i)
   end
 end
 function done(summary, latency, requests)
@@ -86,15 +108,35 @@ pub struct Run<'a> {
     pub duration: Duration,
     /// Walk `{prefix}{i}` for `i` in `0..span` instead of one URL.
     pub walk: Option<(&'a str, u64)>,
+    /// HTTP method (`GET` for reads).
+    pub method: &'a str,
+    /// Request body sent with every request (writes).
+    pub body: Option<&'a [u8]>,
+    /// Extra request headers, e.g. `("content-type", "application/json")`.
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> Run<'a> {
+    /// A `GET` of `url` (no body, no extra headers, no walk).
+    pub fn get(url: &'a str, connections: u32, threads: u32, duration: Duration) -> Run<'a> {
+        Run {
+            url,
+            connections,
+            threads,
+            duration,
+            walk: None,
+            method: "GET",
+            body: None,
+            headers: &[],
+        }
+    }
 }
 
 /// Runs wrk once and returns its numbers. Any error or non-2xx answer fails
 /// the run: a benchmark that measured errors measured nothing.
 pub fn wrk(script_dir: &Path, run: &Run<'_>) -> Result<Sample> {
     let script = script_dir.join("prefold.lua");
-    if !script.exists() {
-        std::fs::write(&script, SCRIPT)?;
-    }
+    std::fs::write(&script, SCRIPT)?;
     let mut cmd = Command::new("wrk");
     cmd.arg("-t")
         .arg(run.threads.to_string())
@@ -108,10 +150,25 @@ pub fn wrk(script_dir: &Path, run: &Run<'_>) -> Result<Sample> {
         .arg("-s")
         .arg(&script)
         .arg(run.url)
-        .env("PREFOLD_WALK_THREADS", run.threads.to_string());
+        .env("PREFOLD_WALK_THREADS", run.threads.to_string())
+        .env("PREFOLD_METHOD", run.method);
     if let Some((prefix, span)) = run.walk {
         cmd.env("PREFOLD_WALK_PREFIX", prefix)
             .env("PREFOLD_WALK_SPAN", span.to_string());
+    }
+    if let Some(body) = run.body {
+        // Runs are sequential, so one body file per directory is enough.
+        let file = script_dir.join("prefold-body.bin");
+        std::fs::write(&file, body)?;
+        cmd.env("PREFOLD_BODY_FILE", file);
+    }
+    if !run.headers.is_empty() {
+        let lines: Vec<String> = run
+            .headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}"))
+            .collect();
+        cmd.env("PREFOLD_HEADERS", lines.join("\n"));
     }
     let out = cmd.output().context("running wrk (apt-get install wrk)")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -145,10 +202,31 @@ impl Server {
     /// Starts a program that prints `… listening on http://ADDR` as its first
     /// stdout line.
     pub fn spawn_announcing(program: &Path, args: &[&str]) -> Result<Server> {
+        Server::spawn_with(program, args, &[], None)
+    }
+
+    /// [`Server::spawn_announcing`] with extra environment variables, and
+    /// standard error appended to `log` (discarded without one).
+    pub fn spawn_with(
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        log: Option<&Path>,
+    ) -> Result<Server> {
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;
         let stdout = child.stdout.take().context("stdout")?;
@@ -161,6 +239,11 @@ impl Server {
             .with_context(|| format!("unexpected first line {line:?}"))?
             .to_owned();
         Ok(Server { child, url })
+    }
+
+    /// The process id (for `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Starts nginx serving `root` on `port` with a configuration written to

@@ -11,12 +11,18 @@
 //!   against the origin directly, and the Worker's Wasm size.
 //! - **micro**: the criterion benchmarks in `bench/benches/micro.rs` (run by
 //!   `make bench` before this program), read from `target/criterion`.
+//! - **storage**: acknowledged writes per durability mode against synchronous
+//!   write-through (`bench-writethrough`) on the filesystem and on S3
+//!   (`s3s-fs`), coalescing of one hot key, the warm load and its memory; see
+//!   the `storage` module.
 //!
 //! Results go to `bench/results/latest.md` (tables, goals, machine, versions,
-//! commit, date), `latest.json` (every sample) and SVG plots.
+//! commit, date), `latest.json` (every sample) and SVG plots; the storage part
+//! writes its own `storage.md` and `storage.json`.
 
 mod load;
 mod report;
+mod storage;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,12 +33,14 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use load::{wrk, Run, Sample, Server};
 use prefold_e2e::{free_port, EdgeProc, OriginProc};
 use report::{EdgeRow, MicroRow, ReadRow, Report, WasmSize};
+use storage::StorageReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {
     Read,
     Edge,
     Micro,
+    Storage,
 }
 
 #[derive(Parser)]
@@ -44,7 +52,8 @@ struct Args {
     /// Which parts to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
-    /// Only re-render `latest.md` and the plots from `latest.json`.
+    /// Only re-render `latest.md` and the plots from `latest.json`, and
+    /// `storage.md` from `storage.json`.
     #[arg(long)]
     render_only: bool,
     /// Where results are written.
@@ -189,13 +198,7 @@ async fn read_path(mode: &Mode, work: &Path) -> Result<Vec<ReadRow>> {
                     // Rotate the order each repetition: A B C, B C A, C A B…
                     let t = (k + rep) % TARGETS.len();
                     let url = format!("{}/o/bench/{}", urls[t], slug(size));
-                    let run = Run {
-                        url: &url,
-                        connections,
-                        threads: THREADS,
-                        duration: mode.duration,
-                        walk: None,
-                    };
+                    let run = Run::get(&url, connections, THREADS, mode.duration);
                     if rep == 0 && connections == mode.connections[0] {
                         // Warm connections, caches and the page cache.
                         run_wrk(
@@ -268,11 +271,8 @@ async fn edge_path(mode: &Mode, work: &Path) -> Result<Vec<EdgeRow>> {
         for (k, (path, url, walk)) in cases.iter().enumerate() {
             eprintln!("edge: {path}, repetition {}", rep + 1);
             let run = Run {
-                url,
-                connections: mode.edge_connections,
-                threads: THREADS,
-                duration: mode.edge_duration,
                 walk: *walk,
+                ..Run::get(url, mode.edge_connections, THREADS, mode.edge_duration)
             };
             let sample = run_wrk(work, &run)?;
             rows.push(EdgeRow {
@@ -325,7 +325,20 @@ fn micro_results() -> Result<Vec<MicroRow>> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     if args.render_only {
-        return Report::load(&args.out)?.write(&args.out);
+        let (latest, storage) = (args.out.join("latest.json"), args.out.join("storage.json"));
+        anyhow::ensure!(
+            latest.exists() || storage.exists(),
+            "nothing to re-render: no {} or {}",
+            latest.display(),
+            storage.display()
+        );
+        if latest.exists() {
+            Report::load(&args.out)?.write(&args.out)?;
+        }
+        if storage.exists() {
+            StorageReport::load(&args.out)?.write(&args.out)?;
+        }
+        return Ok(());
     }
     let mode = if args.full {
         Mode::full()
@@ -333,7 +346,7 @@ async fn main() -> Result<()> {
         Mode::quick()
     };
     let parts = if args.only.is_empty() {
-        vec![Part::Read, Part::Edge, Part::Micro]
+        vec![Part::Read, Part::Edge, Part::Micro, Part::Storage]
     } else {
         args.only.clone()
     };
@@ -352,7 +365,15 @@ async fn main() -> Result<()> {
         report.micro = micro_results()?;
     }
     std::fs::create_dir_all(&args.out)?;
-    report.write(&args.out)?;
-    eprintln!("results: {}", args.out.join("latest.md").display());
+    // `--only storage` leaves the other parts' results alone.
+    if parts.iter().any(|p| *p != Part::Storage) {
+        report.write(&args.out)?;
+        eprintln!("results: {}", args.out.join("latest.md").display());
+    }
+    if parts.contains(&Part::Storage) {
+        let storage = storage::run(args.full, work.path()).await?;
+        storage.write(&args.out)?;
+        eprintln!("results: {}", args.out.join("storage.md").display());
+    }
     Ok(())
 }

@@ -97,7 +97,8 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn command_line(cmd: &str, args: &[&str]) -> String {
+/// The first line a command prints (stdout, else stderr), or `not found`.
+pub fn command_line(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)
         .output()
@@ -117,7 +118,8 @@ fn command_line(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|_| "not found".to_owned())
 }
 
-fn machine() -> Vec<(String, String)> {
+/// The machine and tool versions a report names.
+pub fn machine() -> Vec<(String, String)> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

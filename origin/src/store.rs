@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
-use object_store::ObjectStore;
+use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 
 use crate::config::{Config, StoreKind};
 use crate::error::StoreError;
@@ -35,7 +35,27 @@ fn open_backend(config: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
                 .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
             Arc::new(LocalFileSystem::new_with_prefix(&dir)?)
         }
-        StoreKind::S3 => Arc::new(AmazonS3Builder::from_env().build()?),
+        StoreKind::S3 => {
+            // The flusher retries failed PUTs itself, with its own backoff,
+            // and bounds each request by --store-timeout-ms. The client's
+            // own retries (three minutes by default) would hold a whole
+            // flush round inside one request, so they are kept short.
+            let timeout = config.store_timeout();
+            let retry = RetryConfig {
+                max_retries: 2,
+                retry_timeout: timeout,
+                ..RetryConfig::default()
+            };
+            Arc::new(
+                AmazonS3Builder::from_env()
+                    .with_retry(retry)
+                    .with_config(
+                        AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                        format!("{}ms", timeout.as_millis()),
+                    )
+                    .build()?,
+            )
+        }
         StoreKind::Memory => Arc::new(InMemory::new()),
     })
 }

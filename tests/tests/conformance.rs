@@ -26,7 +26,10 @@ struct Backend {
 }
 
 async fn start(b: &Backend, data: &std::path::Path, extra: &[&str]) -> Result<OriginProc> {
-    let mut args = b.args.clone();
+    // Shorter than the test client's 30 s: a stuck store request is retried
+    // (and shows in the log) before the client gives up.
+    let mut args = vec!["--store-timeout-ms", "5000"];
+    args.extend_from_slice(&b.args);
     args.extend_from_slice(extra);
     OriginProc::start_env(data, &args, &b.env).await
 }
@@ -44,14 +47,19 @@ async fn write(
         .header("x-prefold-durability", "store")
         .body(body.to_owned())
         .send()
-        .await?;
+        .await
+        .map_err(|e| anyhow::anyhow!("{method} {path}: {e}\n{}", o.log_tail()))?;
     let status = r.status();
     let durability = r
         .headers()
         .get("x-prefold-durability")
         .map(|v| v.to_str().unwrap_or_default().to_owned());
     let answer: Value = r.json().await?;
-    assert!(status.is_success(), "{method} {path}: {status} {answer}");
+    assert!(
+        status.is_success(),
+        "{method} {path}: {status} {answer}\n{}",
+        o.log_tail()
+    );
     assert_eq!(durability.as_deref(), Some("store"));
     Ok(answer)
 }
