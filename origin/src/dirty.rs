@@ -12,7 +12,7 @@
 //! `Retry-After`) — nothing already accepted is ever dropped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -59,6 +59,24 @@ pub struct Dirty {
     pub(crate) urgent: Notify,
     stored: watch::Sender<u64>,
     coalesced: AtomicU64,
+    waiters: AtomicUsize,
+}
+
+/// Counts one waiting `store`-mode write while alive (also when the wait is
+/// cancelled by a timeout or a dropped request).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicUsize) -> Waiting<'a> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Default)]
@@ -88,6 +106,7 @@ impl Dirty {
             urgent: Notify::new(),
             stored: watch::Sender::new(0),
             coalesced: AtomicU64::new(0),
+            waiters: AtomicUsize::new(0),
         }
     }
 
@@ -206,6 +225,20 @@ impl Dirty {
             .collect()
     }
 
+    /// Whether any pending key is due (not backing off).
+    pub fn any_due(&self) -> bool {
+        let now = Instant::now();
+        self.map()
+            .keys
+            .values()
+            .any(|p| p.retry_at.is_none_or(|t| t <= now))
+    }
+
+    /// `store`-mode writes waiting for the store now.
+    pub fn store_waiters(&self) -> usize {
+        self.waiters.load(Ordering::SeqCst)
+    }
+
     /// When the next key that is backing off becomes due.
     pub fn next_retry(&self) -> Option<Instant> {
         self.map().keys.values().filter_map(|p| p.retry_at).min()
@@ -246,6 +279,7 @@ impl Dirty {
     /// Resolves once the store holds `version` of `key` or a newer one.
     pub async fn wait_stored(&self, key: &Key, version: u64) {
         let mut rx = self.stored.subscribe();
+        let _waiting = Waiting::new(&self.waiters);
         loop {
             let pending = self.get(key).is_some_and(|o| o.version >= version);
             if !pending {

@@ -127,21 +127,25 @@ impl Flusher {
             if self.dirty.is_empty() {
                 tokio::select! {
                     _ = self.dirty.work.notified() => {}
-                    _ = self.dirty.urgent.notified() => {}
                     _ = stop.cancelled() => break,
                 }
             }
             // Gather writes for the interval, or until the next retry is due
-            // when everything pending is backing off; a `store`-mode write
-            // cuts the wait short.
+            // when everything pending is backing off. A `store`-mode write
+            // that is waiting skips the gathering (it is counted, not just
+            // signalled, so that a missed wake-up cannot leave it waiting a
+            // whole interval).
+            let due = self.dirty.any_due();
             let wake = match self.dirty.next_retry() {
-                Some(t) if self.dirty.due(false).is_empty() => t,
+                Some(t) if !due => t,
                 _ => Instant::now() + self.interval,
             };
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => {}
-                _ = self.dirty.urgent.notified() => {}
-                _ = stop.cancelled() => break,
+            if !(due && self.dirty.store_waiters() > 0) {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = self.dirty.urgent.notified() => {}
+                    _ = stop.cancelled() => break,
+                }
             }
             self.flush_round(false).await;
         }
@@ -496,6 +500,25 @@ mod tests {
         a.flush_round(false).await;
         assert_eq!(a.stats.superseded.load(Ordering::Relaxed), 1);
         assert_eq!(stored_version(store.as_ref(), &key).await, 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_mode_wait_does_not_wait_for_the_interval() {
+        // The flusher gathers for an hour; a waiting `store` write must cut
+        // that short every time (a lost wake-up was a race: repeat).
+        for i in 0..20 {
+            let f = flusher(Arc::new(InMemory::new()), Conditional::Full);
+            let dirty = f.dirty.clone();
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(f.run(stop.clone(), Duration::from_secs(5)));
+            let key = Key::parse(&format!("w/{i}")).unwrap();
+            dirty.insert(key.clone(), obj(1), 1);
+            let waited = tokio::time::timeout(Duration::from_secs(10), dirty.wait_stored(&key, 1));
+            assert!(waited.await.is_ok(), "round {i}: still waiting");
+            assert_eq!(dirty.store_waiters(), 0);
+            stop.cancel();
+            assert_eq!(task.await.unwrap(), 0);
+        }
     }
 
     #[tokio::test]
