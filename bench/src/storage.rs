@@ -652,20 +652,7 @@ fn rss(pid: u32) -> Result<(u64, u64)> {
 
 /// `name{labels}` → value from a `/metrics` page.
 async fn scrape(url: &str) -> Result<HashMap<String, f64>> {
-    let text = prefold_e2e::client()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect())
+    prefold_e2e::scrape_metrics(url).await
 }
 
 /// Starts an origin on `data` (filesystem store) and waits for `/readyz`

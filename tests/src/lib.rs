@@ -77,6 +77,24 @@ where
     }
 }
 
+/// A server's `/metrics` (Prometheus text), as `name{labels}` → value.
+pub async fn scrape_metrics(base_url: &str) -> Result<HashMap<String, f64>> {
+    let text = client()
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect())
+}
+
 /// Polls `url` until it answers 2xx, for at most `timeout`.
 pub async fn wait_until_ok(url: &str, timeout: Duration) -> Result<()> {
     poll(url, timeout, || async {
@@ -194,20 +212,7 @@ impl OriginProc {
 
     /// The origin's `/metrics`, as `name{labels}` → value.
     pub async fn metrics(&self) -> Result<HashMap<String, f64>> {
-        let text = client()
-            .get(format!("{}/metrics", self.url()))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_owned(), value.parse().ok()?))
-            })
-            .collect())
+        scrape_metrics(&self.url()).await
     }
 
     /// One metric (0 when absent).
