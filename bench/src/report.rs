@@ -118,6 +118,14 @@ pub fn command_line(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|_| "not found".to_owned())
 }
 
+/// The machine table both reports open with, as Markdown lines.
+pub fn machine_table(machine: &[(String, String)]) -> Vec<String> {
+    let mut out = vec!["| | |".to_owned(), "|---|---|".to_owned()];
+    out.extend(machine.iter().map(|(k, v)| format!("| {k} | {v} |")));
+    out.push(String::new());
+    out
+}
+
 /// The machine and tool versions a report names.
 pub fn machine() -> Vec<(String, String)> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -294,12 +302,9 @@ impl Report {
             self.mode, self.reps, self.run_ms, self.edge_run_ms
         ));
         line("");
-        line("| | |");
-        line("|---|---|");
-        for (k, v) in &self.machine {
-            line(&format!("| {k} | {v} |"));
+        for l in machine_table(&self.machine) {
+            line(&l);
         }
-        line("");
         for l in self.goals() {
             line(&l);
         }

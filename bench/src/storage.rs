@@ -33,7 +33,7 @@ use prefold_e2e::{OriginProc, S3Server};
 use serde::{Deserialize, Serialize};
 
 use crate::load::{Run, Sample, Server};
-use crate::report::{command_line, machine, median};
+use crate::report::{command_line, machine, machine_table, median};
 use crate::{json_of_size, run_wrk, THREADS};
 
 /// The anchor of the write benchmark.
@@ -973,12 +973,9 @@ impl StorageReport {
             self.mode, self.reps, self.run_ms, self.connections, self.body_bytes, self.elapsed_s
         ));
         line("");
-        line("| | |");
-        line("|---|---|");
-        for (k, v) in &self.machine {
-            line(&format!("| {k} | {v} |"));
+        for l in machine_table(&self.machine) {
+            line(&l);
         }
-        line("");
         for l in self.goals() {
             line(&l);
         }
@@ -1009,14 +1006,7 @@ impl StorageReport {
                 line("| target | req/s | ÷ write-through | (per run) | p50 µs | p99 µs | store PUTs per write | writes per log fsync | backlog drained after (ms) |");
                 line("|---|---|---|---|---|---|---|---|---|");
                 let wt = self.cell(store, WRITE_THROUGH);
-                for target in [
-                    WRITE_THROUGH,
-                    "memory",
-                    "log",
-                    "store",
-                    HOT_GET,
-                    MEMORY_HOT_KEYS,
-                ] {
+                for target in WRITE_TARGETS {
                     let Some(c) = self.cell(store, target) else {
                         continue;
                     };

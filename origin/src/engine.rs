@@ -156,8 +156,6 @@ struct Shared {
 /// The partitioned storage engine.
 pub struct Engine {
     parts: Box<[mpsc::Sender<Command>]>,
-    hot: Arc<HotTier>,
-    dirty: Arc<Dirty>,
     shared: Arc<Shared>,
 }
 
@@ -180,8 +178,8 @@ impl Engine {
         max_body_bytes: u32,
     ) -> Engine {
         let shared = Arc::new(Shared {
-            hot: hot.clone(),
-            dirty: dirty.clone(),
+            hot,
+            dirty,
             wal,
             store,
             load_timeout,
@@ -203,12 +201,7 @@ impl Engine {
                 tx
             })
             .collect();
-        Engine {
-            parts,
-            hot,
-            dirty,
-            shared,
-        }
+        Engine { parts, shared }
     }
 
     /// Misses that went to the store (after an eviction).
@@ -222,7 +215,7 @@ impl Engine {
 
     /// The live object under a key (`None` if absent or deleted).
     pub async fn read(&self, key: &Key) -> Result<Option<Arc<Object>>, EngineError> {
-        let slot = match self.hot.get(key).await {
+        let slot = match self.shared.hot.get(key).await {
             Some(slot) => slot,
             None => {
                 let (tx, rx) = oneshot::channel();
@@ -263,7 +256,7 @@ impl Engine {
                 // Bounded, so that a dead store cannot hold a request (and
                 // with it a graceful shutdown) forever. The write stays
                 // applied and will be stored; only its confirmation failed.
-                let stored = self.dirty.wait_stored(&key, applied.object.version);
+                let stored = self.shared.dirty.wait_stored(&key, applied.object.version);
                 if tokio::time::timeout(self.shared.load_timeout, stored)
                     .await
                     .is_err()
