@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make run`: one origin with the embedded store in ./data on 127.0.0.1:8080,
 # and the edge under `wrangler dev` on 127.0.0.1:8787 (its KV state in
-# ./data/edge). Loads the demo objects in scripts/demo/ when the store is
-# empty. Ctrl-C (or SIGTERM) stops both: the origin drains its pending writes
-# to the store before it exits.
+# ./data/edge). The origin serves the demo model (scripts/demo/model.toml);
+# when the store is empty, prefold-gen loads its demo data set at scale 1 (a
+# few hundred objects; ids in bench/src/gen.rs). Ctrl-C (or SIGTERM) stops
+# both: the origin drains its pending writes to the store before it exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,7 @@ ORIGIN_ADDR=${PREFOLD_LISTEN:-127.0.0.1:8080}
 EDGE_PORT=${PREFOLD_EDGE_PORT:-8787}
 DATA=${PREFOLD_DATA:-data}
 
-cargo build --release --locked -p prefold-origin
+cargo build --release --locked -p prefold-origin -p prefold-bench
 scripts/build-edge.sh
 mkdir -p "$DATA/edge"
 
@@ -26,7 +27,8 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-target/release/prefold-origin --listen "$ORIGIN_ADDR" --data "$DATA" &
+target/release/prefold-origin --listen "$ORIGIN_ADDR" --data "$DATA" \
+  --model scripts/demo/model.toml &
 pids+=($!)
 PREFOLD_EDGE_PREBUILT=1 node_modules/.bin/wrangler dev \
   --ip 127.0.0.1 --port "$EDGE_PORT" --persist-to "$DATA/edge" \
@@ -45,26 +47,27 @@ wait_for "http://$ORIGIN_ADDR/readyz" "the origin"
 wait_for "http://127.0.0.1:$EDGE_PORT/healthz" "the edge"
 
 if [ -z "$(find "$DATA/store" -type f -print -quit 2>/dev/null)" ]; then
-  for f in scripts/demo/*.json; do
-    key=$(basename "$f" .json | tr '+' '/')
-    curl -fsS -o /dev/null -X PUT -H 'content-type: application/json' \
-      --data-binary "@$f" "http://127.0.0.1:$EDGE_PORT/o/$key"
-  done
-  echo "loaded the demo objects from scripts/demo/"
+  target/release/prefold-gen --origin "http://$ORIGIN_ADDR" --scale 1
 fi
 
 cat <<MSG
 
   prefold is running
-    edge   (wrangler dev): http://127.0.0.1:$EDGE_PORT/o/page/home
-    origin (direct):       http://$ORIGIN_ADDR/o/page/home
+    edge   (wrangler dev): http://127.0.0.1:$EDGE_PORT/o/order_page/o1
+    origin (direct):       http://$ORIGIN_ADDR/o/order_page/o1
     origin metrics:        http://$ORIGIN_ADDR/metrics
 
-  try:
-    curl -X POST 'http://127.0.0.1:$EDGE_PORT/o/page/home?op=increment&path=/views' \\
-         -H 'content-type: application/json' -d 1
-    curl -X PATCH http://127.0.0.1:$EDGE_PORT/o/page/home \\
-         -H 'content-type: application/merge-patch+json' -d '{"title":"Hello again"}'
+  try (through the edge):
+    curl http://127.0.0.1:$EDGE_PORT/o/order_page/o1
+    curl http://127.0.0.1:$EDGE_PORT/o/event_page/e1
+    curl http://127.0.0.1:$EDGE_PORT/o/event_comments/e1
+    curl http://127.0.0.1:$EDGE_PORT/o/events_by_category/music
+    curl 'http://127.0.0.1:$EDGE_PORT/o/event_search/_search?q=jazz'
+    curl http://127.0.0.1:$EDGE_PORT/o/friends/u1
+    curl -X POST 'http://127.0.0.1:$EDGE_PORT/o/event_views/e1?op=increment'
+    curl -X PATCH http://127.0.0.1:$EDGE_PORT/o/product/p1 \\
+         -H 'content-type: application/merge-patch+json' -d '{"name":"Renamed Widget"}'
+      (then order_page/o1, an order of p1, shows the new name)
 
   Ctrl-C stops both.
 

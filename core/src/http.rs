@@ -205,6 +205,9 @@ pub enum ProblemKind {
     OriginUnavailable,
     /// The server is starting or stopping (503).
     NotReady,
+    /// The write is well-formed but breaks the model: a field of the wrong
+    /// type, an undeclared field, a dangling reference (422).
+    ModelViolation,
 }
 
 impl ProblemKind {
@@ -227,6 +230,7 @@ impl ProblemKind {
             ProblemKind::OriginUnavailable | ProblemKind::NotReady | ProblemKind::Overloaded => 503,
             ProblemKind::StoreTimeout => 504,
             ProblemKind::StoreUnavailable => 503,
+            ProblemKind::ModelViolation => 422,
         }
     }
 
@@ -251,6 +255,7 @@ impl ProblemKind {
             ProblemKind::Internal => "internal",
             ProblemKind::OriginUnavailable => "origin-unavailable",
             ProblemKind::NotReady => "not-ready",
+            ProblemKind::ModelViolation => "model-violation",
         }
     }
 
@@ -275,6 +280,7 @@ impl ProblemKind {
             ProblemKind::Internal => "Internal error",
             ProblemKind::OriginUnavailable => "Origin unavailable",
             ProblemKind::NotReady => "Not ready",
+            ProblemKind::ModelViolation => "The write breaks the model",
         }
     }
 }

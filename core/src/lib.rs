@@ -15,16 +15,19 @@
 //! - [`routing`]: rendezvous hashing of a key's routing part over the origin list;
 //! - [`envelope`]: the versioned on-store record of one object;
 //! - [`config`]: the configuration both sides read (origin list, limits, timeouts);
-//! - [`http`]: ETags, `If-None-Match`, media types and RFC 9457 problem bodies.
+//! - [`http`]: ETags, `If-None-Match`, media types and RFC 9457 problem bodies;
+//! - [`model`]: the declared entities and views, and checks of entity documents.
 
 pub mod config;
 pub mod envelope;
 pub mod http;
 pub mod key;
+pub mod model;
 pub mod routing;
 
 pub use config::{ConfigError, EdgeConfig};
 pub use envelope::{Envelope, EnvelopeError};
 pub use http::{Preconditions, Problem, ProblemKind};
 pub use key::{Key, KeyError};
+pub use model::{Model, ModelError, Violation};
 pub use routing::{Origin, OriginList, RoutingError};

@@ -1,6 +1,8 @@
 //! The origin's HTTP surface: `app(state) -> Router`.
 //!
-//! Routes: `GET|HEAD|PUT|PATCH|DELETE|POST /o/{key}`, `GET /healthz`,
+//! Routes: `GET|HEAD|PUT|PATCH|DELETE|POST /o/{key}` (views at
+//! `/o/{view}/{id}`, with query parameters for pages, ranges, text queries
+//! and set membership), `GET /healthz`,
 //! `GET /readyz`, `GET /metrics`. Every error is an RFC 9457 problem body
 //! built from the shared catalogue in `prefold_core::http`; internal errors
 //! are logged in full and answered with a bare 500, so nothing internal leaks
@@ -44,7 +46,9 @@ use crate::hot::HotTier;
 use crate::metrics::{self, Snapshot};
 use crate::object::Object;
 use crate::ops::Op;
+use crate::views::{PageQuery, Query as ViewQuery, Views};
 use crate::wal::Wal;
+use prefold_core::model::ViewKind;
 
 /// Browsers and CDNs may keep a copy but must revalidate it (cheap: ETag/304).
 const CACHE_CONTROL: &str = "public, max-age=0, must-revalidate";
@@ -60,7 +64,9 @@ pub struct AppState(Arc<Inner>);
 /// What [`AppState`] holds.
 pub struct Inner {
     /// The engine, once the warm load has finished.
-    pub engine: OnceLock<Engine>,
+    pub engine: OnceLock<Arc<Engine>>,
+    /// The view engine, when a model is configured.
+    pub views: OnceLock<Views>,
     /// The hot tier.
     pub hot: Arc<HotTier>,
     /// Writes not yet in the store.
@@ -87,6 +93,7 @@ impl AppState {
     ) -> AppState {
         AppState(Arc::new(Inner {
             engine: OnceLock::new(),
+            views: OnceLock::new(),
             hot,
             dirty,
             flush_stats,
@@ -115,7 +122,7 @@ impl AppState {
 
     fn engine(&self) -> Result<&Engine, ApiError> {
         match self.0.engine.get() {
-            Some(e) if self.is_ready() => Ok(e),
+            Some(e) if self.is_ready() => Ok(e.as_ref()),
             _ => Err(ApiError::NotReady),
         }
     }
@@ -140,7 +147,7 @@ impl AppState {
                 .zip(&i.writes)
                 .map(|(op, n)| (*op, load(n)))
                 .collect(),
-            store_loads: i.engine.get().map_or(0, Engine::store_loads),
+            store_loads: i.engine.get().map_or(0, |e| e.store_loads()),
             evictions: i.hot.evictions(),
             hot_entries: i.hot.entries(),
             hot_bytes: i.hot.weighted_bytes(),
@@ -149,6 +156,25 @@ impl AppState {
             wal_trimmed: load(&f.trimmed),
             warm_objects: load(&i.warm_progress),
             ready: self.is_ready(),
+            views: i.views.get().map(|v| {
+                let s = v.stats();
+                let c = v.counters();
+                metrics::ViewsSnapshot {
+                    changes: load(&s.changes),
+                    derivations: load(&s.derivations),
+                    skipped: load(&s.skipped),
+                    published: load(&s.published),
+                    publish_failures: load(&s.publish_failures),
+                    divergences: load(&s.divergences),
+                    dropped: load(&s.dropped),
+                    pending: load(&s.pending),
+                    sweeps: load(&s.sweeps),
+                    targets: load(&s.targets),
+                    counter_increments: load(&c.increments),
+                    counter_publications: load(&c.publications),
+                    lag: s.lag.clone(),
+                }
+            }),
         }
     }
 }
@@ -231,6 +257,14 @@ impl IntoResponse for ApiError {
                 Some(format!("allowed: {allow}")),
             ),
             ApiError::NotReady => (ProblemKind::NotReady, None),
+            ApiError::Violation(v) => (ProblemKind::ModelViolation, Some(v.to_string())),
+            ApiError::Engine(EngineError::Invalid(d)) => {
+                (ProblemKind::ModelViolation, Some(d.clone()))
+            }
+            ApiError::ReadOnlyView { .. } => {
+                (ProblemKind::MethodNotAllowed, Some(self.to_string()))
+            }
+            ApiError::Query(e) => (ProblemKind::InvalidRequest, Some(e.to_string())),
             ApiError::Engine(EngineError::Store(e)) => {
                 tracing::error!(error = %e, "a load from the object store failed");
                 (ProblemKind::StoreUnavailable, None)
@@ -252,7 +286,7 @@ impl IntoResponse for ApiError {
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            ApiError::MethodNotAllowed(allow) => {
+            ApiError::MethodNotAllowed(allow) | ApiError::ReadOnlyView { allow, .. } => {
                 h.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             ApiError::NotReady
@@ -326,6 +360,16 @@ fn version_headers(h: &mut HeaderMap, object: &Object) {
 async fn get_object(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let key = key_of(req.uri())?;
     check_owner(&state, &key)?;
+    if let Some(views) = state.0.views.get() {
+        if let Some(view) = views.model().view(key.kind()) {
+            let query = req.uri().query();
+            let search = matches!(view.kind, ViewKind::Text(_)) && key.routing_part() == "_search";
+            if query.is_some() || search {
+                return view_query(&state, views, &view.kind, &key, query.unwrap_or_default())
+                    .await;
+            }
+        }
+    }
     let headers = req.headers();
     let object = state
         .engine()?
@@ -351,6 +395,108 @@ async fn get_object(State(state): State<AppState>, req: Request) -> Result<Respo
         HeaderValue::from_static(CACHE_CONTROL),
     );
     Ok(resp)
+}
+
+/// Query parameters of a view read.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ViewParams {
+    after: Option<String>,
+    before: Option<String>,
+    limit: Option<u32>,
+    from: Option<String>,
+    to: Option<String>,
+    member: Option<String>,
+    q: Option<String>,
+}
+
+/// A read that view state answers rather than a published object: a page
+/// by cursor, an index range, a text query, a set membership check.
+async fn view_query(
+    state: &AppState,
+    views: &Views,
+    kind: &ViewKind,
+    key: &Key,
+    query: &str,
+) -> Result<Response, ApiError> {
+    // Refuse before asking the engine anything.
+    state.engine()?;
+    let p: ViewParams = serde_urlencoded_params(query)?;
+    let q = match kind {
+        ViewKind::Text(_) if key.routing_part() == "_search" => {
+            if p.after.is_some()
+                || p.before.is_some()
+                || p.member.is_some()
+                || p.from.is_some()
+                || p.to.is_some()
+            {
+                return Err(ApiError::InvalidRequest(
+                    "`_search` takes `q` and `limit`".into(),
+                ));
+            }
+            let q =
+                p.q.ok_or_else(|| ApiError::InvalidRequest("`_search` needs `q`".into()))?;
+            ViewQuery::Search {
+                view: key.kind().to_owned(),
+                q,
+                limit: p.limit,
+            }
+        }
+        ViewKind::Set(_) => {
+            let member = p.member.filter(|_| {
+                p.after.is_none()
+                    && p.before.is_none()
+                    && p.limit.is_none()
+                    && p.q.is_none()
+                    && p.from.is_none()
+                    && p.to.is_none()
+            });
+            ViewQuery::Member(
+                key.clone(),
+                member.ok_or_else(|| {
+                    ApiError::InvalidRequest("a set view takes `member=ID`".into())
+                })?,
+            )
+        }
+        ViewKind::List(_) | ViewKind::Index(_) | ViewKind::Text(_) => {
+            if p.member.is_some() || p.q.is_some() {
+                return Err(ApiError::InvalidRequest(
+                    "pages take `after`, `before`, `limit` (and `from`, `to` for index views)"
+                        .into(),
+                ));
+            }
+            ViewQuery::Page(
+                key.clone(),
+                PageQuery {
+                    after: p.after,
+                    before: p.before,
+                    limit: p.limit,
+                    from: p.from,
+                    to: p.to,
+                },
+            )
+        }
+        ViewKind::Embed(_) | ViewKind::Aggregate(_) | ViewKind::Counter(_) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "a `{}` view takes no query parameters",
+                kind.name()
+            )))
+        }
+    };
+    let answer = views.query(q).await?;
+    let mut resp = axum::Json(answer).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}
+
+fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let uri: Uri = format!("/?{query}")
+        .parse()
+        .map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
+    Query::<T>::try_from_uri(&uri)
+        .map(|Query(t)| t)
+        .map_err(|e| ApiError::InvalidRequest(e.body_text()))
 }
 
 /// Reads a body, refusing it as soon as it passes `limit` bytes.
@@ -439,6 +585,10 @@ async fn write(
         return Err(ApiError::PreconditionRequired(key.kind().to_owned()));
     }
     let engine = state.engine()?;
+    let views = state.0.views.get();
+    if let Some(views) = views {
+        check_model(engine, views, &key, &op).await?;
+    }
     let applied = engine
         .write(Write {
             key: key.clone(),
@@ -449,6 +599,9 @@ async fn write(
         .await?;
     state.0.writes[op_index].fetch_add(1, Ordering::Relaxed);
     let object = &applied.object;
+    if let Some(views) = views {
+        views.changed(key.clone(), object.version);
+    }
     let answer = WriteAnswer {
         key: key.as_str(),
         version: object.version,
@@ -471,6 +624,52 @@ async fn write(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+/// What the model says about a write before the engine applies it: views
+/// are read-only, and an entity's key shape, fields and references must fit
+/// its type. Each field's type is checked again by the engine on the result
+/// (a merge patch or an increment is only known there).
+async fn check_model(engine: &Engine, views: &Views, key: &Key, op: &Op) -> Result<(), ApiError> {
+    let model = views.model();
+    if let Some(view) = model.view(key.kind()) {
+        return Err(ApiError::ReadOnlyView {
+            view: view.name.clone(),
+            allow: if matches!(view.kind, ViewKind::Counter(_)) {
+                "GET, HEAD, POST"
+            } else {
+                "GET, HEAD"
+            },
+        });
+    }
+    let Some(entity) = model.entity(key.kind()) else {
+        return Ok(());
+    };
+    // The document, or the part of it a merge patch sets.
+    let doc: Value = match op {
+        Op::Put { body, .. } => {
+            let doc: Value =
+                serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+            model.check(entity, key, &doc)?;
+            doc
+        }
+        Op::Patch(patch) => patch.clone(),
+        _ => return Ok(()),
+    };
+    // References must exist when written (`ref:`; `weakref:` may dangle).
+    // Checked here, before the write, because another partition holds the
+    // referenced entity; a delete racing this write can still leave a
+    // dangling reference, which views render as null.
+    for (field, target) in model.references(entity, &doc) {
+        if engine.read(&target).await?.is_none() {
+            return Err(ApiError::Violation(prefold_core::Violation::Dangling {
+                entity: entity.name.clone(),
+                field,
+                target: target.to_string(),
+            }));
+        }
+    }
+    Ok(())
 }
 
 async fn put_object(
@@ -524,6 +723,47 @@ struct OpQuery {
     path: String,
 }
 
+/// `POST /o/{counter_view}/{id}?op=increment` with an optional JSON integer
+/// body (default 1): taken in memory, published within the view's period.
+async fn count(
+    state: &AppState,
+    views: &Views,
+    key: Key,
+    q: OpQuery,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if q.op.as_deref() != Some("increment") || !q.path.is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "a counter takes POST ?op=increment, with an optional integer body".into(),
+        ));
+    }
+    state.engine()?;
+    let body = read_limited(headers, body, state.0.config.max_body_bytes).await?;
+    let by = if body.iter().all(u8::is_ascii_whitespace) {
+        1
+    } else {
+        content_type(headers, is_json_media_type)?;
+        check_json(&body).map_err(ApiError::MalformedJson)?;
+        serde_json::from_slice::<i64>(&body)
+            .ok()
+            .filter(|n| n.unsigned_abs() <= 1 << 53)
+            .ok_or_else(|| {
+                ApiError::InvalidRequest("a counter increment is an integer of at most 2^53".into())
+            })?
+    };
+    views.counters().add(&key, by);
+    state.0.writes[4].fetch_add(1, Ordering::Relaxed);
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"key": key.as_str(), "accepted": by})),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
 async fn post_object(
     State(state): State<AppState>,
     uri: Uri,
@@ -534,6 +774,11 @@ async fn post_object(
     let key = key_of(&uri)?;
     check_owner(&state, &key)?;
     let Query(q) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    if let Some(views) = state.0.views.get() {
+        if let Some(ViewKind::Counter(_)) = views.model().view(key.kind()).map(|v| &v.kind) {
+            return count(&state, views, key, q, &headers, body).await;
+        }
+    }
     let op_name = q.op.unwrap_or_default();
     if op_name != "append" && op_name != "increment" {
         return Err(ApiError::InvalidRequest(

@@ -122,6 +122,16 @@ pub struct Config {
     #[arg(long, env = "PREFOLD_WARM_CONCURRENCY", default_value_t = 64)]
     pub warm_concurrency: usize,
 
+    /// The model file (TOML): entity types and the views derived from them.
+    /// Without one, objects are stored as they are and nothing is derived.
+    #[arg(long, env = "PREFOLD_MODEL")]
+    pub model: Option<PathBuf>,
+
+    /// The rolling regeneration recomputes every view once per this many
+    /// seconds, repairing what a lost derivation missed (0: never).
+    #[arg(long, env = "PREFOLD_REGEN_PERIOD_SECS", default_value_t = 3600)]
+    pub regen_period_secs: u64,
+
     /// Fault injection for tests and drills: wrap the store in a wrapper
     /// controlled by this file (see the `faults` module). Never in production.
     #[arg(long, env = "PREFOLD_FAULT_FILE")]

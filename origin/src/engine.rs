@@ -52,6 +52,11 @@ pub enum Durability {
     Log,
     /// In the object store.
     Store,
+    /// Derived objects: in memory and the write-behind, never in the log,
+    /// because the view engine rebuilds them from the (logged) entities at
+    /// start. Not a client's choice.
+    #[value(skip)]
+    Derived,
 }
 
 impl Durability {
@@ -61,6 +66,7 @@ impl Durability {
             Durability::Memory => "memory",
             Durability::Log => "log",
             Durability::Store => "store",
+            Durability::Derived => "derived",
         }
     }
 
@@ -117,13 +123,60 @@ enum Command {
         oneshot::Sender<Result<(Applied, Option<Durable>), EngineError>>,
     ),
     Load(Key, oneshot::Sender<Result<Slot, EngineError>>),
+    /// Every key of the partition's directory (deleted ones too).
+    Keys(oneshot::Sender<Vec<(Key, Entry)>>),
+    /// Derived objects to replace (or delete, with `None`) unless equal.
+    Publish(Vec<(Key, Option<Bytes>)>, oneshot::Sender<Vec<Published>>),
 }
 
+/// The outcomes of an [`Engine::publish`], once its partitions answer.
+#[derive(Debug, Default)]
+pub struct PublishReplies {
+    waits: Vec<(Vec<Key>, oneshot::Receiver<Vec<Published>>)>,
+    done: Vec<Published>,
+}
+
+impl PublishReplies {
+    /// Waits for every partition's answer.
+    pub async fn wait(self) -> Vec<Published> {
+        let mut out = self.done;
+        for (keys, rx) in self.waits {
+            match rx.await {
+                Ok(done) => out.extend(done),
+                Err(_) => out.extend(
+                    keys.into_iter()
+                        .map(|k| Published::Failed(k, EngineError::Stopped)),
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// What [`Engine::publish`] did with one derived object.
+#[derive(Debug)]
+pub enum Published {
+    /// Already what is there.
+    Unchanged(Key),
+    /// Written (or deleted).
+    Written(Key),
+    /// Refused or failed.
+    Failed(Key, EngineError),
+    /// Evicted from the hot tier: write it with [`Engine::write`], which
+    /// loads it first.
+    NeedsLoad(Key, Option<Bytes>),
+}
+
+/// A check of every new version of an object before it is applied (the
+/// model's entity types): `Err` refuses the write with its reason.
+pub type Check = Arc<dyn Fn(&Key, &[u8]) -> Result<(), String> + Send + Sync>;
+
 impl Command {
-    fn key(&self) -> &Key {
+    fn key(&self) -> Option<&Key> {
         match self {
-            Command::Write(w, _) => &w.key,
-            Command::Load(k, _) => k,
+            Command::Write(w, _) => Some(&w.key),
+            Command::Load(k, _) => Some(k),
+            Command::Keys(_) | Command::Publish(..) => None,
         }
     }
 
@@ -135,6 +188,7 @@ impl Command {
             Command::Load(_, reply) => {
                 let _ = reply.send(Err(e()));
             }
+            Command::Keys(_) | Command::Publish(..) => {}
         }
     }
 }
@@ -150,7 +204,20 @@ struct Shared {
     load_timeout: Duration,
     /// Largest object a write may produce.
     max_body_bytes: u32,
+    check: Option<Check>,
     loads: AtomicU64,
+}
+
+/// How the engine treats writes and loads.
+#[derive(Clone)]
+pub struct Options {
+    /// Longest wait for one store request (a load, a `store` confirmation,
+    /// a log fsync).
+    pub load_timeout: Duration,
+    /// Largest object a write may produce.
+    pub max_body_bytes: u32,
+    /// Checks every new version before it is applied.
+    pub check: Option<Check>,
 }
 
 /// The partitioned storage engine.
@@ -174,16 +241,16 @@ impl Engine {
         dirty: Arc<Dirty>,
         wal: Option<Wal>,
         store: Arc<dyn ObjectStore>,
-        load_timeout: Duration,
-        max_body_bytes: u32,
+        options: Options,
     ) -> Engine {
         let shared = Arc::new(Shared {
             hot,
             dirty,
             wal,
             store,
-            load_timeout,
-            max_body_bytes,
+            load_timeout: options.load_timeout,
+            max_body_bytes: options.max_body_bytes,
+            check: options.check,
             loads: AtomicU64::new(0),
         });
         let parts = directories
@@ -215,6 +282,12 @@ impl Engine {
 
     /// The live object under a key (`None` if absent or deleted).
     pub async fn read(&self, key: &Key) -> Result<Option<Arc<Object>>, EngineError> {
+        Ok(self.read_slot(key).await?.filter(|o| !o.tombstone))
+    }
+
+    /// The current version under a key, deleted or not (`None` if never
+    /// written).
+    pub async fn read_slot(&self, key: &Key) -> Result<Slot, EngineError> {
         let slot = match self.shared.hot.get(key).await {
             Some(slot) => slot,
             None => {
@@ -226,7 +299,51 @@ impl Engine {
                 rx.await.map_err(|_| EngineError::Stopped)??
             }
         };
-        Ok(slot.filter(|o| !o.tombstone))
+        Ok(slot)
+    }
+
+    /// Publishes derived objects in one message per partition: each is
+    /// replaced by its new body (deleted for `None`) unless it already is
+    /// that, with [`Durability::Derived`] and no preconditions. A fan-out to
+    /// many thousands of objects thus costs one message per partition
+    /// instead of one per object. Returns once the messages are queued (so
+    /// a later publication of the same key is applied after this one); the
+    /// outcomes come from [`PublishReplies::wait`].
+    pub async fn publish(&self, items: Vec<(Key, Option<Bytes>)>) -> PublishReplies {
+        let mut per_part: Vec<Vec<(Key, Option<Bytes>)>> = vec![Vec::new(); self.parts.len()];
+        for (k, b) in items {
+            per_part[partition_of(&k, self.parts.len())].push((k, b));
+        }
+        let mut replies = PublishReplies::default();
+        for (part, items) in self.parts.iter().zip(per_part) {
+            if items.is_empty() {
+                continue;
+            }
+            let keys: Vec<Key> = items.iter().map(|(k, _)| k.clone()).collect();
+            let (tx, rx) = oneshot::channel();
+            if part.send(Command::Publish(items, tx)).await.is_err() {
+                replies.done.extend(
+                    keys.into_iter()
+                        .map(|k| Published::Failed(k, EngineError::Stopped)),
+                );
+                continue;
+            }
+            replies.waits.push((keys, rx));
+        }
+        replies
+    }
+
+    /// Every key the engine knows, with its version (deleted keys too).
+    pub async fn keys(&self) -> Result<Vec<(Key, Entry)>, EngineError> {
+        let mut out = Vec::new();
+        for part in self.parts.iter() {
+            let (tx, rx) = oneshot::channel();
+            part.send(Command::Keys(tx))
+                .await
+                .map_err(|_| EngineError::Stopped)?;
+            out.extend(rx.await.map_err(|_| EngineError::Stopped)?);
+        }
+        Ok(out)
     }
 
     /// Applies a write and waits for the durability it asks for.
@@ -240,7 +357,7 @@ impl Engine {
             .map_err(|_| EngineError::Stopped)?;
         let (applied, durable) = rx.await.map_err(|_| EngineError::Stopped)??;
         match durability {
-            Durability::Memory => {}
+            Durability::Memory | Durability::Derived => {}
             Durability::Log => {
                 let ok = match durable {
                     Some(d) => tokio::time::timeout(self.shared.load_timeout, d.wait())
@@ -303,7 +420,25 @@ impl Worker {
     }
 
     async fn handle(&mut self, cmd: Command) {
-        let key = cmd.key().clone();
+        let Some(key) = cmd.key().cloned() else {
+            if let Command::Publish(items, reply) = cmd {
+                let mut done = Vec::with_capacity(items.len());
+                for (key, body) in items {
+                    done.push(self.publish(key, body).await);
+                }
+                let _ = reply.send(done);
+                return;
+            }
+            if let Command::Keys(reply) = cmd {
+                let _ = reply.send(
+                    self.directory
+                        .iter()
+                        .map(|(k, e)| (k.clone(), *e))
+                        .collect(),
+                );
+            }
+            return;
+        };
         if let Some(parked) = self.loading.get_mut(&key) {
             parked.push(cmd);
             return;
@@ -382,6 +517,16 @@ impl Worker {
                 let _ = reply.send(Ok(current.clone()));
                 current
             }
+            Command::Keys(reply) => {
+                let _ = reply.send(
+                    self.directory
+                        .iter()
+                        .map(|(k, e)| (k.clone(), *e))
+                        .collect(),
+                );
+                current
+            }
+            Command::Publish(..) => current,
             Command::Write(write, reply) => match self.apply(write, &current).await {
                 Ok((applied, durable)) => {
                     let next = Some(applied.object.clone());
@@ -393,6 +538,40 @@ impl Worker {
                     current
                 }
             },
+        }
+    }
+
+    async fn publish(&mut self, key: Key, body: Option<Bytes>) -> Published {
+        if self.loading.contains_key(&key) {
+            return Published::NeedsLoad(key, body);
+        }
+        let current = match self.shared.hot.get(&key).await {
+            Some(slot) => slot,
+            None if !self.directory.contains_key(&key) => None,
+            None => match self.shared.dirty.get(&key) {
+                Some(pending) => Some(pending),
+                None => return Published::NeedsLoad(key, body),
+            },
+        };
+        let live = current.as_deref().and_then(Object::live);
+        let op = match (body, live) {
+            (Some(b), Some(cur)) if cur.body == b => return Published::Unchanged(key),
+            (Some(body), _) => Op::Put {
+                content_type: "application/json".into(),
+                body,
+            },
+            (None, Some(_)) => Op::Delete,
+            (None, None) => return Published::Unchanged(key),
+        };
+        let write = Write {
+            key: key.clone(),
+            op,
+            preconditions: Preconditions::default(),
+            durability: Durability::Derived,
+        };
+        match self.apply(write, &current).await {
+            Ok(_) => Published::Written(key),
+            Err(e) => Published::Failed(key, e),
         }
     }
 
@@ -428,6 +607,9 @@ impl Worker {
                         limit,
                     });
                 }
+                if let Some(check) = &self.shared.check {
+                    check(&write.key, &body).map_err(EngineError::Invalid)?;
+                }
                 (Object::new(version, &content_type, body), result)
             }
             Outcome::Deleted => (Object::tombstone(version), None),
@@ -457,6 +639,7 @@ impl Worker {
             },
         );
         let durable = match &self.shared.wal {
+            Some(_) if write.durability == Durability::Derived => None,
             Some(wal) => {
                 let wait = write.durability == Durability::Log;
                 match wal.append(&key, &object, wait).await {
@@ -535,8 +718,11 @@ mod tests {
             dirty.clone(),
             None,
             store.clone(),
-            Duration::from_secs(5),
-            1 << 20,
+            Options {
+                load_timeout: Duration::from_secs(5),
+                max_body_bytes: 1 << 20,
+                check: None,
+            },
         ));
         Rig {
             engine,

@@ -58,6 +58,9 @@ pub enum EngineError {
         /// The configured limit.
         limit: u32,
     },
+    /// The new version does not fit the model (an entity's type).
+    #[error("{0}")]
+    Invalid(String),
     /// The engine is shutting down.
     #[error("the storage engine has stopped")]
     Stopped,
@@ -124,6 +127,20 @@ pub enum ApiError {
     /// Writes of this key type must carry a precondition.
     #[error("writes to `{0}/…` need If-Match or If-None-Match")]
     PreconditionRequired(String),
+    /// The write breaks the model (422).
+    #[error(transparent)]
+    Violation(#[from] prefold_core::Violation),
+    /// Views are derived: only reads (and counter increments) reach them.
+    #[error("`{view}` is a view; it is derived from the model's entities and cannot be written")]
+    ReadOnlyView {
+        /// The view.
+        view: String,
+        /// The methods it answers.
+        allow: &'static str,
+    },
+    /// A view query that cannot be answered.
+    #[error(transparent)]
+    Query(#[from] crate::views::QueryError),
     /// An object could not be encoded (a bug).
     #[error("encoding: {0}")]
     Encode(#[from] EnvelopeError),

@@ -25,6 +25,7 @@
 //! | `list`   | `list`, `list_with_offset`, `list_with_delimiter`                 |
 //! | `delete` | `delete_stream` (so also `delete`)                                |
 //! | `all`    | every operation without a directive of its own, including `copy_opts` and `rename_opts` |
+//! | `derive` | not a store operation: view derivation messages; `derive=drop` (or `error`) loses them, as a lost event would |
 //!
 //! `FAULT` is one of:
 //!
@@ -142,6 +143,8 @@ struct Faults {
     list: Option<Fault>,
     delete: Option<Fault>,
     all: Option<Fault>,
+    /// View derivation messages (`derive=drop`); `all` does not apply.
+    derive: Option<Fault>,
 }
 
 impl Faults {
@@ -191,11 +194,12 @@ fn parse_directive<'f>(
         "list" => &mut faults.list,
         "delete" => &mut faults.delete,
         "all" => &mut faults.all,
+        "derive" => &mut faults.derive,
         _ => return None,
     };
     let fault = match fault {
         "none" => Fault::Pass,
-        "error" => Fault::Error,
+        "error" | "drop" => Fault::Error,
         "hang" => Fault::Hang,
         _ => {
             let ms = fault.strip_prefix("delay:")?;
@@ -207,6 +211,12 @@ fn parse_directive<'f>(
         }
     };
     Some((slot, fault))
+}
+
+/// Whether the control file says to drop view derivation messages
+/// (`derive=drop`): the lost event the rolling regeneration must repair.
+pub fn drops_derivations(control: &FsPath) -> bool {
+    matches!(load(control).derive, Some(Fault::Error))
 }
 
 /// Reads the control file; missing means no faults.
@@ -412,6 +422,7 @@ mod tests {
                 list: Some(Fault::Delay(Duration::from_millis(25))),
                 delete: Some(Fault::Pass),
                 all: Some(Fault::Error),
+                derive: None,
             }
         );
     }

@@ -20,6 +20,8 @@
 //! - [`flush`]: the flusher that stores the backlog (coalesced, conditional,
 //!   retried with jittered backoff) and trims the log;
 //! - [`warm`]: loading the owned objects and replaying the log at start;
+//! - [`views`]: the view engine, deriving denormalized objects from the
+//!   model's entities at write time;
 //! - [`metrics`]: `/metrics` in the Prometheus text format;
 //! - [`api`]: the HTTP surface (`app(state) -> Router`) and error mapping;
 //! - [`server`]: `run(listener, shutdown)`, readiness and orderly shutdown.
@@ -37,6 +39,7 @@ pub mod object;
 pub mod ops;
 pub mod server;
 pub mod store;
+pub mod views;
 pub mod wal;
 pub mod warm;
 

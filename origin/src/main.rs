@@ -28,7 +28,24 @@ async fn main() -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let origin = Origin::new(&config).context("opening the store and the write-ahead log")?;
+    let model = match &config.model {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the model file {}", path.display()))?;
+            match prefold_core::Model::parse(&path.display().to_string(), &text) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    eprintln!("error: the model is not valid: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        None => None,
+    };
+    let mut origin = Origin::new(&config).context("opening the store and the write-ahead log")?;
+    if let Some(model) = model {
+        origin = origin.with_model(model);
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

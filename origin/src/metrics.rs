@@ -9,6 +9,7 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -51,6 +52,39 @@ pub struct Snapshot {
     pub warm_objects: u64,
     /// Whether the origin answers `/readyz` with 200.
     pub ready: bool,
+    /// The view engine's numbers, when a model is configured.
+    pub views: Option<ViewsSnapshot>,
+}
+
+/// The view engine's part of a scrape.
+#[derive(Debug, Clone)]
+pub struct ViewsSnapshot {
+    /// Change messages handled.
+    pub changes: u64,
+    /// Derivation messages handled.
+    pub derivations: u64,
+    /// Derivations skipped by their version stamp.
+    pub skipped: u64,
+    /// Derived objects written or deleted.
+    pub published: u64,
+    /// Failed publications (retried).
+    pub publish_failures: u64,
+    /// Targets repaired by the rolling regeneration.
+    pub divergences: u64,
+    /// Derivations lost to fault injection.
+    pub dropped: u64,
+    /// Messages not yet handled.
+    pub pending: u64,
+    /// Completed regeneration sweeps.
+    pub sweeps: u64,
+    /// Targets with state.
+    pub targets: u64,
+    /// Counter increments taken.
+    pub counter_increments: u64,
+    /// Counter publications written.
+    pub counter_publications: u64,
+    /// Write-to-publication lag.
+    pub lag: Histogram,
 }
 
 fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
@@ -179,6 +213,80 @@ pub fn render(s: &Snapshot) -> String {
         "1 when the origin serves objects",
         u64::from(s.ready),
     );
+    if let Some(v) = &s.views {
+        let c = [
+            (
+                "view_changes",
+                "Entity changes the view engine handled (writes and sweep visits)",
+                v.changes,
+            ),
+            (
+                "view_derivations",
+                "Derivation messages handled",
+                v.derivations,
+            ),
+            (
+                "view_derivations_skipped",
+                "Derivations skipped by their version stamp (repeats)",
+                v.skipped,
+            ),
+            (
+                "view_published",
+                "Derived objects written or deleted",
+                v.published,
+            ),
+            (
+                "view_publish_failures",
+                "Derived objects whose publication failed (retried)",
+                v.publish_failures,
+            ),
+            (
+                "view_divergences",
+                "Derived objects the rolling regeneration found wrong and repaired",
+                v.divergences,
+            ),
+            (
+                "view_derivations_dropped",
+                "Derivations lost to fault injection",
+                v.dropped,
+            ),
+            (
+                "view_sweeps",
+                "Completed rolling regeneration sweeps",
+                v.sweeps,
+            ),
+            (
+                "counter_increments",
+                "Increments taken by counter views",
+                v.counter_increments,
+            ),
+            (
+                "counter_publications",
+                "Counter values published",
+                v.counter_publications,
+            ),
+        ];
+        for (name, help, n) in c {
+            counter(&mut r, name, help, n);
+        }
+        gauge(
+            &mut r,
+            "view_pending",
+            "View engine messages not yet handled",
+            v.pending,
+        );
+        gauge(
+            &mut r,
+            "view_targets",
+            "Derived objects with state on this origin",
+            v.targets,
+        );
+        r.register(
+            "view_derivation_lag_seconds",
+            "From an entity write to the publication of a derived object it changed",
+            v.lag.clone(),
+        );
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);

@@ -6,8 +6,9 @@
 //! the partition workers and the flusher and reports ready. When its shutdown
 //! future resolves it drains in order: stop accepting and finish in-flight
 //! requests (axum's graceful shutdown, for at most the shutdown timeout),
-//! then let the flusher store every pending write or give up after the
-//! shutdown timeout again. It returns how many
+//! let the view engine publish what those requests derived and the counters
+//! publish their pending increments, then let the flusher store every
+//! pending write or give up after the shutdown timeout again. It returns how many
 //! writes were left unstored, so `main` can exit non-zero when that is not
 //! zero (they are still in the log and will be replayed at the next start).
 
@@ -24,13 +25,15 @@ use crate::api::{app, AppState};
 use crate::config::Config;
 use crate::config::StoreKind;
 use crate::dirty::{Dirty, Limits};
-use crate::engine::Engine;
+use crate::engine::{Check, Engine, Options};
 use crate::error::StoreError;
 use crate::flush::{FlushStats, Flusher};
 use crate::hot::HotTier;
 use crate::store;
+use crate::views::Views;
 use crate::wal::{Replayed, Wal};
 use crate::warm::{warm, Owns, Source};
+use prefold_core::Model;
 
 /// A configured origin, ready to run.
 pub struct Origin {
@@ -90,6 +93,20 @@ impl Origin {
         })
     }
 
+    /// Derives the views of `model` (see [`crate::views`]).
+    pub fn with_model(self, model: Model) -> Origin {
+        if self
+            .state
+            .inner()
+            .views
+            .set(Views::new(Arc::new(model)))
+            .is_err()
+        {
+            tracing::error!("a model was set twice");
+        }
+        self
+    }
+
     /// The handlers' state (for in-process tests).
     pub fn state(&self) -> &AppState {
         &self.state
@@ -111,14 +128,18 @@ impl Origin {
         } = self;
         let stopping = CancellationToken::new();
         let stop_flusher = CancellationToken::new();
+        let stop_views = CancellationToken::new();
         let starter = tokio::spawn(start(
             state.clone(),
             store,
             replay,
             config.clone(),
             flusher,
-            stop_flusher.clone(),
-            stopping.clone(),
+            Stops {
+                flusher: stop_flusher.clone(),
+                views: stop_views.clone(),
+                stopping: stopping.clone(),
+            },
         ));
 
         let serving_state = state.clone();
@@ -152,9 +173,37 @@ impl Origin {
         }
         stopping.cancel();
 
-        tracing::info!("requests finished; storing pending writes");
+        let started = starter.await;
+        let started = match started {
+            Ok(Some((flusher, view_tasks))) => {
+                if let Some(views) = state.inner().views.get() {
+                    tracing::info!("requests finished; publishing derived views and counters");
+                    if !views.settle(config.shutdown_timeout()).await {
+                        tracing::warn!(
+                            "view derivation did not settle before the shutdown timeout"
+                        );
+                    }
+                }
+                stop_views.cancel();
+                // Finished or not, the flusher comes next: a stuck view task
+                // must not keep acknowledged writes from the store.
+                let all = futures::future::join_all(view_tasks);
+                if tokio::time::timeout(config.shutdown_timeout(), all)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("view tasks did not stop before the shutdown timeout");
+                }
+                Ok(Some(flusher))
+            }
+            other => {
+                stop_views.cancel();
+                other.map(|o| o.map(|(f, _)| f))
+            }
+        };
+        tracing::info!("storing pending writes");
         stop_flusher.cancel();
-        let left = match starter.await {
+        let left = match started {
             Ok(Some(flusher)) => flusher.await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "flusher task failed");
                 usize::MAX
@@ -177,6 +226,14 @@ impl Origin {
     }
 }
 
+/// The signals of the start-up task: stop the flusher, stop the view
+/// engine's tasks, and "shutting down" (every wait races it).
+struct Stops {
+    flusher: CancellationToken,
+    views: CancellationToken,
+    stopping: CancellationToken,
+}
+
 /// Warms the hot tier (retrying while the store is unreachable), then starts
 /// the engine and the flusher and marks the origin ready. Returns the
 /// flusher's task, or `None` if stopped first. Every wait races `stopping`.
@@ -186,9 +243,16 @@ async fn start(
     replay: Replayed,
     config: Config,
     flusher: Flusher,
-    stop_flusher: CancellationToken,
-    stopping: CancellationToken,
-) -> Option<tokio::task::JoinHandle<usize>> {
+    stops: Stops,
+) -> Option<(
+    tokio::task::JoinHandle<usize>,
+    Vec<tokio::task::JoinHandle<()>>,
+)> {
+    let Stops {
+        flusher: stop_flusher,
+        views: stop_views,
+        stopping,
+    } = stops;
     let inner = state.inner();
     let partitions = config.partitions();
     let owner_config = config.clone();
@@ -224,19 +288,46 @@ async fn start(
         }
         pause = (pause * 2).min(Duration::from_secs(5));
     };
-    let engine = Engine::start(
+    let check: Option<Check> = inner.views.get().map(|views| {
+        let model = views.model().clone();
+        let check: Check = Arc::new(move |key, body| {
+            let Some(entity) = model.entity(key.kind()) else {
+                return Ok(());
+            };
+            let doc = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            model.check(entity, key, &doc).map_err(|v| v.to_string())
+        });
+        check
+    });
+    let engine = Arc::new(Engine::start(
         warmed.directories,
         inner.hot.clone(),
         inner.dirty.clone(),
         inner.wal.clone(),
         store,
-        config.store_timeout(),
-        config.max_body_bytes,
-    );
-    if inner.engine.set(engine).is_err() {
+        Options {
+            load_timeout: config.store_timeout(),
+            max_body_bytes: config.max_body_bytes,
+            check,
+        },
+    ));
+    if inner.engine.set(engine.clone()).is_err() {
         tracing::error!("the engine was started twice");
     }
     let flusher = tokio::spawn(flusher.run(stop_flusher, config.shutdown_timeout()));
+    let mut view_tasks = Vec::new();
+    if let Some(views) = inner.views.get() {
+        let regen =
+            (config.regen_period_secs > 0).then(|| Duration::from_secs(config.regen_period_secs));
+        let build = views.start(engine, config.fault_file.clone(), regen, stop_views);
+        tokio::select! {
+            r = build => match r {
+                Ok(tasks) => view_tasks = tasks,
+                Err(e) => tracing::error!(error = %e, "the view rebuild failed"),
+            },
+            _ = stopping.cancelled() => {}
+        }
+    }
     if !stopping.is_cancelled() {
         state.set_ready(true);
         tracing::info!(
@@ -246,5 +337,5 @@ async fn start(
             "ready"
         );
     }
-    Some(flusher)
+    Some((flusher, view_tasks))
 }

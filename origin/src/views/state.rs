@@ -1,0 +1,1196 @@
+//! The derivation state machine: what every view target holds, and how one
+//! derivation message changes it.
+//!
+//! A *target* is one derived object (`order_page/o1`, `event_comments/e1`).
+//! It holds *members*: the entities that contribute to it, each with the
+//! version it was computed from and its contribution (the fields it shows,
+//! its sort key, its measure values). A derivation message says "source S
+//! changed at version v; target T may need it". Handling one reads S's
+//! *current* state, never the message's payload, so messages may be lost,
+//! repeated or reordered: a repeat is skipped by the version stamp, a
+//! reordered one reads the same current state, and a lost one is repaired by
+//! the rolling regeneration, which sends every message again with `force`.
+//!
+//! The reverse index maps each source to the targets it is a member of. It is
+//! how a change finds its dependents without a scan: renaming `product/p1`
+//! looks up the `order_page`s that embed it, and moving an event to another
+//! category finds the index target it has to leave.
+//!
+//! Everything here is synchronous and deterministic: the actor in
+//! [`super`] feeds it, and the property test compares it with a from-scratch
+//! recomputation.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use prefold_core::model::{scalar_id, MeasureFn, Model, View, ViewKind};
+use prefold_core::Key;
+use serde_json::{json, Map, Value};
+
+/// A source entity as the engine holds it now.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Its current version (of the object or its tombstone; 0 if never written).
+    pub version: u64,
+    /// Its document, unless deleted or absent.
+    pub doc: Option<Arc<Value>>,
+}
+
+/// "Source changed; target may need it." Addressed by `target`.
+#[derive(Debug, Clone)]
+pub struct Derivation {
+    /// The derived object.
+    pub target: Key,
+    /// The entity that changed.
+    pub source: Key,
+    /// The source's version that caused this message.
+    pub version: u64,
+    /// Recompute even if the version says it is known (the rolling sweep).
+    pub force: bool,
+}
+
+/// What a message did to its target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Effect {
+    /// The target's content changed: render and publish it.
+    pub changed: bool,
+    /// Skipped by its version stamp.
+    pub skipped: bool,
+}
+
+/// The words, longest accepted, of text views.
+const MAX_WORD: usize = 64;
+/// Terms of one text query.
+pub const MAX_TERMS: usize = 8;
+/// Words one query term may expand to (prefix and fuzzy matches).
+const MAX_EXPANSIONS: usize = 16;
+
+/// One component of a sort key.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum Scalar {
+    Null,
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl Scalar {
+    fn of(v: Option<&Value>) -> Scalar {
+        match v {
+            Some(Value::String(s)) => Scalar::Str(s.clone()),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(i) => Scalar::Int(i),
+                None => Scalar::Float(n.as_f64().unwrap_or(0.0)),
+            },
+            Some(Value::Bool(b)) => Scalar::Int(i64::from(*b)),
+            _ => Scalar::Null,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Scalar::Null => Value::Null,
+            Scalar::Int(i) => json!(i),
+            Scalar::Float(f) => json!(f),
+            Scalar::Str(s) => json!(s),
+        }
+    }
+
+    fn from_json(v: &Value) -> Option<Scalar> {
+        Some(match v {
+            Value::Null => Scalar::Null,
+            Value::String(s) => Scalar::Str(s.clone()),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Scalar::Int(i),
+                None => Scalar::Float(n.as_f64()?),
+            },
+            _ => return None,
+        })
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            Scalar::Null => 0,
+            Scalar::Int(_) | Scalar::Float(_) => 1,
+            Scalar::Str(_) => 2,
+        }
+    }
+
+    fn total_cmp(&self, other: &Scalar) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        match (self, other) {
+            (Scalar::Int(a), Scalar::Int(b)) => a.cmp(b),
+            (Scalar::Str(a), Scalar::Str(b)) => a.cmp(b),
+            (Scalar::Float(a), Scalar::Float(b)) => a.total_cmp(b),
+            // i64 → f64 may round; only mixed int/float columns get here.
+            #[allow(clippy::cast_precision_loss)]
+            (Scalar::Int(a), Scalar::Float(b)) => (*a as f64).total_cmp(b),
+            #[allow(clippy::cast_precision_loss)]
+            (Scalar::Float(a), Scalar::Int(b)) => a.total_cmp(&(*b as f64)),
+            _ => self.rank().cmp(&other.rank()).then(Ordering::Equal),
+        }
+    }
+}
+
+/// A sort key: components with their direction, then the source key, which
+/// makes every entry unique (the seeds' "keep appending until unique").
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortKey {
+    parts: Vec<(bool, Scalar)>,
+    key: String,
+}
+
+impl Eq for SortKey {}
+
+impl Ord for SortKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        for ((desc, a), (_, b)) in self.parts.iter().zip(&other.parts) {
+            let o = a.total_cmp(b);
+            let o = if *desc { o.reverse() } else { o };
+            if o.is_ne() {
+                return o;
+            }
+        }
+        self.parts
+            .len()
+            .cmp(&other.parts.len())
+            .then_with(|| self.key.cmp(&other.key))
+    }
+}
+
+impl PartialOrd for SortKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl SortKey {
+    /// The opaque cursor naming this position.
+    fn cursor(&self) -> String {
+        let mut arr: Vec<Value> = self.parts.iter().map(|(_, s)| s.to_json()).collect();
+        arr.push(Value::String(self.key.clone()));
+        URL_SAFE_NO_PAD.encode(Value::Array(arr).to_string())
+    }
+
+    /// Decodes a cursor made by [`SortKey::cursor`] for a view whose sort
+    /// directions are `dirs`.
+    fn parse_cursor(cursor: &str, dirs: &[bool]) -> Option<SortKey> {
+        let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+        let Value::Array(mut arr) = serde_json::from_slice(&bytes).ok()? else {
+            return None;
+        };
+        let key = match arr.pop()? {
+            Value::String(s) => s,
+            _ => return None,
+        };
+        if arr.len() != dirs.len() {
+            return None;
+        }
+        let parts = dirs
+            .iter()
+            .zip(&arr)
+            .map(|(d, v)| Some((*d, Scalar::from_json(v)?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(SortKey { parts, key })
+    }
+
+    /// The smallest key whose first component is `value` (for range bounds).
+    fn lowest(desc: bool, value: Scalar) -> SortKey {
+        SortKey {
+            parts: vec![(desc, value)],
+            key: String::new(),
+        }
+    }
+}
+
+/// A number kept exactly: integer fields as integers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Num {
+    Int(i64),
+    Float(f64),
+}
+
+impl Num {
+    fn of(v: Option<&Value>) -> Option<Num> {
+        let n = v?.as_number()?;
+        Some(match n.as_i64() {
+            Some(i) => Num::Int(i),
+            None => Num::Float(n.as_f64()?),
+        })
+    }
+
+    fn key(self) -> OrdNum {
+        OrdNum(self)
+    }
+}
+
+/// Total order over [`Num`] for min/max multisets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdNum(Num);
+
+impl Eq for OrdNum {}
+
+impl Ord for OrdNum {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let f = |n: Num| match n {
+            Num::Int(i) => Scalar::Int(i),
+            Num::Float(f) => Scalar::Float(f),
+        };
+        f(self.0).total_cmp(&f(other.0))
+    }
+}
+
+impl PartialOrd for OrdNum {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// What one source gives one target.
+#[derive(Debug, Clone, PartialEq)]
+enum Contribution {
+    /// The entity an embed view is made from: its own fields, and the keys
+    /// it references (one per embedded field, `None` if unset).
+    Own {
+        fields: Map<String, Value>,
+        refs: Vec<Option<Key>>,
+    },
+    /// A referenced entity's embedded fields.
+    Embedded(Map<String, Value>),
+    /// An entry of a list, index or text view.
+    Item {
+        sort: SortKey,
+        fields: Map<String, Value>,
+    },
+    /// An aggregate's inputs, one per measure (`None`: value absent).
+    Values(Vec<Option<Num>>),
+    /// A set member.
+    Member(String),
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    version: u64,
+    data: Contribution,
+}
+
+/// Running state of one aggregate measure.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct MeasureState {
+    n: u64,
+    int_sum: i128,
+    float_sum: f64,
+    values: BTreeMap<OrdNum, u32>,
+}
+
+#[derive(Debug, Default)]
+struct Target {
+    members: HashMap<Key, Member>,
+    /// List, index and text entries in order.
+    order: BTreeSet<SortKey>,
+    /// Aggregate measures, as in the view.
+    measures: Vec<MeasureState>,
+    /// Set members with their multiplicity.
+    ids: HashMap<String, u32>,
+}
+
+/// Vocabulary of one text view: its words (sorted, for prefix matches) and
+/// bigrams → words (for fuzzy matches).
+#[derive(Debug, Default)]
+struct Vocab {
+    words: BTreeSet<String>,
+    grams: HashMap<String, HashSet<String>>,
+}
+
+/// A page of a list, index or text view.
+#[derive(Debug, Clone, Default)]
+pub struct PageQuery {
+    /// Items after this cursor.
+    pub after: Option<String>,
+    /// Items before this cursor.
+    pub before: Option<String>,
+    /// At most this many (capped at the view's page size).
+    pub limit: Option<u32>,
+    /// Index views: smallest range value, inclusive.
+    pub from: Option<String>,
+    /// Index views: largest range value, inclusive.
+    pub to: Option<String>,
+}
+
+/// Why a query cannot be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// A malformed or foreign cursor, or a bad parameter.
+    #[error("{0}")]
+    Invalid(String),
+    /// The view does not answer this query.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Every view's derived state on this origin.
+#[derive(Debug)]
+pub struct ViewState {
+    model: Arc<Model>,
+    targets: HashMap<Key, Target>,
+    rev: HashMap<Key, HashSet<Key>>,
+    vocab: HashMap<String, Vocab>,
+}
+
+/// Looks a source up in the engine's current state; `None` means "not
+/// fetched yet" (the caller fetches and retries), not "absent".
+pub type Lookup<'a> = &'a dyn Fn(&Key) -> Option<Source>;
+
+fn id_of(key: &Key) -> &str {
+    key.as_str().split_once('/').map_or("", |(_, id)| id)
+}
+
+fn project(doc: &Value, fields: &[String]) -> Map<String, Value> {
+    fields
+        .iter()
+        .filter_map(|f| {
+            doc.get(f)
+                .filter(|v| !v.is_null())
+                .map(|v| (f.clone(), v.clone()))
+        })
+        .collect()
+}
+
+/// The normalized words of a text: lower-case ASCII letters and digits;
+/// anything else separates words.
+pub fn words(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty() && w.len() <= MAX_WORD)
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+/// The padded bigrams of a word. Two words within edit distance `k` share
+/// at least `max(len) + 1 - 2(k + 1)` of them (the q-gram lemma), which for
+/// the distances used here means at least one: the candidates of a fuzzy
+/// match are the words sharing a bigram, then filtered by distance.
+fn grams(word: &str) -> Vec<String> {
+    let padded = format!("^{word}$");
+    let b = padded.as_bytes();
+    b.windows(2)
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect()
+}
+
+impl ViewState {
+    /// Empty state for a model.
+    pub fn new(model: Arc<Model>) -> ViewState {
+        ViewState {
+            model,
+            targets: HashMap::new(),
+            rev: HashMap::new(),
+            vocab: HashMap::new(),
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Number of live targets.
+    pub fn target_count(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Whether a target currently has state.
+    pub fn has_target(&self, target: &Key) -> bool {
+        self.targets.contains_key(target)
+    }
+
+    /// Every target with state.
+    pub fn target_keys(&self) -> impl Iterator<Item = &Key> {
+        self.targets.keys()
+    }
+
+    /// The targets a change of `source` (now `doc`) must be delivered to:
+    /// those it is a member of, and those its current document names.
+    pub fn targets_of(&self, source: &Key, doc: Option<&Value>) -> Vec<Key> {
+        let mut out: BTreeSet<Key> = self
+            .rev
+            .get(source)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let Some(doc) = doc else {
+            return out.into_iter().collect();
+        };
+        let kind = source.kind();
+        for view in self.model.views() {
+            if view.kind.from() != Some(kind) {
+                continue;
+            }
+            let ids: Vec<String> = match &view.kind {
+                ViewKind::Embed(_) => vec![id_of(source).to_owned()],
+                ViewKind::List(v) => doc.get(&v.parent).and_then(scalar_id).into_iter().collect(),
+                ViewKind::Index(v) => doc.get(&v.eq).and_then(scalar_id).into_iter().collect(),
+                ViewKind::Aggregate(v) => {
+                    doc.get(&v.group).and_then(scalar_id).into_iter().collect()
+                }
+                ViewKind::Text(v) => v
+                    .fields
+                    .iter()
+                    .filter_map(|f| doc.get(f).and_then(Value::as_str))
+                    .flat_map(words)
+                    .collect(),
+                ViewKind::Set(v) => {
+                    let mut ids: Vec<String> =
+                        doc.get(&v.owner).and_then(scalar_id).into_iter().collect();
+                    if v.symmetric {
+                        ids.extend(doc.get(&v.member).and_then(scalar_id));
+                    }
+                    ids
+                }
+                ViewKind::Counter(_) => vec![],
+            };
+            for id in ids {
+                if let Ok(k) = Key::parse(&format!("{}/{id}", view.name)) {
+                    out.insert(k);
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Handles one message. Returns `Err(keys)` without changing anything
+    /// when `lookup` lacks keys it needs: fetch them and call again.
+    pub fn derive(&mut self, d: &Derivation, lookup: Lookup<'_>) -> Result<Effect, Vec<Key>> {
+        let model = self.model.clone();
+        let Some(view) = model.view(d.target.kind()) else {
+            return Ok(Effect::default());
+        };
+        let held = self
+            .targets
+            .get(&d.target)
+            .and_then(|t| t.members.get(&d.source))
+            .map(|m| m.version);
+        if !d.force && held.is_some_and(|v| v >= d.version) {
+            return Ok(Effect {
+                skipped: true,
+                ..Effect::default()
+            });
+        }
+        let source = lookup(&d.source).ok_or_else(|| vec![d.source.clone()])?;
+        let contribution = source
+            .doc
+            .as_deref()
+            .and_then(|doc| self.contribution(view, &d.target, &d.source, doc));
+        // An embed view's own entity brings its references along: they must
+        // be looked up too before anything changes.
+        let mut refs: Vec<(Key, Source)> = Vec::new();
+        if let Some(Contribution::Own { refs: wanted, .. }) = &contribution {
+            let mut missing = Vec::new();
+            for k in wanted.iter().flatten() {
+                let member_known = !d.force
+                    && self
+                        .targets
+                        .get(&d.target)
+                        .is_some_and(|t| t.members.contains_key(k));
+                if member_known || refs.iter().any(|(r, _)| r == k) {
+                    continue;
+                }
+                match lookup(k) {
+                    Some(s) => refs.push((k.clone(), s)),
+                    None => missing.push(k.clone()),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(missing);
+            }
+        }
+        let mut changed = self.set_member(view, &d.target, &d.source, source.version, contribution);
+        if let ViewKind::Embed(e) = &view.kind {
+            if d.source.kind() == e.from {
+                changed |= self.reconcile_embedded(view, &d.target, &d.source, refs);
+            }
+        }
+        Ok(Effect {
+            changed,
+            skipped: false,
+        })
+    }
+
+    /// What `source` (with `doc`) contributes to `target`, if anything.
+    fn contribution(
+        &self,
+        view: &View,
+        target: &Key,
+        source: &Key,
+        doc: &Value,
+    ) -> Option<Contribution> {
+        let target_id = id_of(target);
+        let from_kind = view.kind.from()?;
+        match &view.kind {
+            ViewKind::Embed(e) => {
+                if source.kind() == from_kind {
+                    if id_of(source) != target_id {
+                        return None;
+                    }
+                    let refs = e
+                        .embed
+                        .iter()
+                        .map(|emb| {
+                            let id = doc.get(&emb.field).and_then(Value::as_str)?;
+                            self.model.ref_key(&emb.entity, id).ok()
+                        })
+                        .collect();
+                    return Some(Contribution::Own {
+                        fields: project(doc, &e.fields),
+                        refs,
+                    });
+                }
+                // A referenced entity belongs while the view's own entity
+                // points at it.
+                let own_key = Key::parse(&format!("{from_kind}/{target_id}")).ok()?;
+                let t = self.targets.get(target)?;
+                let Contribution::Own { refs, .. } = &t.members.get(&own_key)?.data else {
+                    return None;
+                };
+                let mut fields: Vec<String> = Vec::new();
+                for (emb, r) in e.embed.iter().zip(refs) {
+                    if r.as_ref() == Some(source) {
+                        fields.extend(
+                            emb.fields
+                                .iter()
+                                .filter(|f| !fields.contains(f))
+                                .cloned()
+                                .collect::<Vec<_>>(),
+                        );
+                    }
+                }
+                if fields.is_empty() {
+                    return None;
+                }
+                Some(Contribution::Embedded(project(doc, &fields)))
+            }
+            _ if source.kind() != from_kind => None,
+            ViewKind::List(l) => {
+                (doc.get(&l.parent).and_then(scalar_id)? == target_id).then(|| Contribution::Item {
+                    sort: SortKey {
+                        parts: l
+                            .order
+                            .iter()
+                            .map(|s| (s.descending, Scalar::of(doc.get(&s.field))))
+                            .collect(),
+                        key: source.as_str().to_owned(),
+                    },
+                    fields: project(doc, &l.fields),
+                })
+            }
+            ViewKind::Index(ix) => {
+                (doc.get(&ix.eq).and_then(scalar_id)? == target_id).then(|| Contribution::Item {
+                    sort: SortKey {
+                        parts: vec![(false, Scalar::of(doc.get(&ix.range)))],
+                        key: source.as_str().to_owned(),
+                    },
+                    fields: project(doc, &ix.fields),
+                })
+            }
+            ViewKind::Text(t) => {
+                let hit = t
+                    .fields
+                    .iter()
+                    .filter_map(|f| doc.get(f).and_then(Value::as_str))
+                    .any(|text| words(text).contains(target_id));
+                hit.then(|| Contribution::Item {
+                    sort: SortKey {
+                        parts: vec![],
+                        key: source.as_str().to_owned(),
+                    },
+                    fields: project(doc, &t.show),
+                })
+            }
+            ViewKind::Aggregate(a) => {
+                (doc.get(&a.group).and_then(scalar_id)? == target_id).then(|| {
+                    Contribution::Values(
+                        a.measures
+                            .iter()
+                            .map(|m| match &m.field {
+                                None => Some(Num::Int(1)),
+                                Some(f) => Num::of(doc.get(f)),
+                            })
+                            .collect(),
+                    )
+                })
+            }
+            ViewKind::Set(s) => {
+                let owner = doc.get(&s.owner).and_then(scalar_id)?;
+                let member = doc.get(&s.member).and_then(scalar_id)?;
+                if owner == target_id {
+                    Some(Contribution::Member(member))
+                } else if s.symmetric && member == target_id {
+                    Some(Contribution::Member(owner))
+                } else {
+                    None
+                }
+            }
+            ViewKind::Counter(_) => None,
+        }
+    }
+
+    /// Makes the embedded members of an embed target match what its own
+    /// entity references now.
+    fn reconcile_embedded(
+        &mut self,
+        view: &View,
+        target: &Key,
+        own: &Key,
+        fetched: Vec<(Key, Source)>,
+    ) -> bool {
+        let wanted: HashSet<Key> = match self.targets.get(target).and_then(|t| t.members.get(own)) {
+            Some(Member {
+                data: Contribution::Own { refs, .. },
+                ..
+            }) => refs.iter().flatten().cloned().collect(),
+            _ => HashSet::new(),
+        };
+        let stale: Vec<Key> = self
+            .targets
+            .get(target)
+            .map(|t| {
+                t.members
+                    .keys()
+                    .filter(|k| *k != own && !wanted.contains(*k))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut changed = false;
+        for k in stale {
+            changed |= self.set_member(view, target, &k, 0, None);
+        }
+        for (k, s) in fetched {
+            let c = s
+                .doc
+                .as_deref()
+                .and_then(|doc| self.contribution(view, target, &k, doc));
+            changed |= self.set_member(view, target, &k, s.version, c);
+        }
+        changed
+    }
+
+    /// Replaces one member's contribution; returns whether the target's
+    /// content changed.
+    fn set_member(
+        &mut self,
+        view: &View,
+        target: &Key,
+        source: &Key,
+        version: u64,
+        new: Option<Contribution>,
+    ) -> bool {
+        let t = self
+            .targets
+            .entry(target.clone())
+            .or_insert_with(|| Target {
+                measures: match &view.kind {
+                    ViewKind::Aggregate(a) => vec![MeasureState::default(); a.measures.len()],
+                    _ => vec![],
+                },
+                ..Target::default()
+            });
+        let old = t.members.remove(source);
+        let changed = old.as_ref().map(|m| &m.data) != new.as_ref();
+        if let Some(old) = &old {
+            unapply(t, &old.data);
+        }
+        match new {
+            Some(data) => {
+                apply(t, &data);
+                t.members.insert(source.clone(), Member { version, data });
+                if old.is_none() {
+                    self.rev
+                        .entry(source.clone())
+                        .or_default()
+                        .insert(target.clone());
+                }
+            }
+            None => {
+                if old.is_some() {
+                    if let Some(set) = self.rev.get_mut(source) {
+                        set.remove(target);
+                        if set.is_empty() {
+                            self.rev.remove(source);
+                        }
+                    }
+                }
+            }
+        }
+        let empty = t.members.is_empty();
+        if empty {
+            self.targets.remove(target);
+        }
+        if let ViewKind::Text(_) = view.kind {
+            let word = id_of(target).to_owned();
+            let vocab = self.vocab.entry(view.name.clone()).or_default();
+            if empty {
+                if vocab.words.remove(&word) {
+                    for g in grams(&word) {
+                        if let Some(set) = vocab.grams.get_mut(&g) {
+                            set.remove(&word);
+                            if set.is_empty() {
+                                vocab.grams.remove(&g);
+                            }
+                        }
+                    }
+                }
+            } else if vocab.words.insert(word.clone()) {
+                for g in grams(&word) {
+                    vocab.grams.entry(g).or_default().insert(word.clone());
+                }
+            }
+        }
+        changed
+    }
+
+    /// The object a target publishes: its whole state for small views, the
+    /// first page for lists (`None`: the target is empty and its object is
+    /// deleted). `full` renders every item (used by tests to compare state).
+    pub fn render(&self, target: &Key, full: bool) -> Option<Value> {
+        let view = self.model.view(target.kind())?;
+        let t = self.targets.get(target)?;
+        let id = id_of(target);
+        match &view.kind {
+            ViewKind::Embed(e) => {
+                let own_key = Key::parse(&format!("{}/{id}", e.from)).ok()?;
+                let Contribution::Own { fields, refs } = &t.members.get(&own_key)?.data else {
+                    return None;
+                };
+                let mut out = Map::new();
+                out.insert("id".into(), json!(id));
+                out.extend(fields.clone());
+                for (emb, r) in e.embed.iter().zip(refs) {
+                    let value = match r.as_ref().and_then(|k| t.members.get(k).map(|m| (k, m))) {
+                        Some((
+                            k,
+                            Member {
+                                data: Contribution::Embedded(f),
+                                ..
+                            },
+                        )) => {
+                            let mut m = Map::new();
+                            m.insert("id".into(), json!(id_of(k)));
+                            for field in &emb.fields {
+                                if let Some(v) = f.get(field) {
+                                    m.insert(field.clone(), v.clone());
+                                }
+                            }
+                            Value::Object(m)
+                        }
+                        _ => Value::Null,
+                    };
+                    out.insert(emb.field.clone(), value);
+                }
+                Some(Value::Object(out))
+            }
+            ViewKind::List(l) => Some(self.first_page(t, "id", id, l.page_size, full)),
+            ViewKind::Index(ix) => Some(self.first_page(t, "id", id, ix.page_size, full)),
+            ViewKind::Text(tx) => Some(self.first_page(t, "word", id, tx.page_size, full)),
+            ViewKind::Aggregate(a) => {
+                let mut out = Map::new();
+                out.insert("id".into(), json!(id));
+                for (m, s) in a.measures.iter().zip(&t.measures) {
+                    out.insert(m.name.clone(), measure_value(m.func, s));
+                }
+                Some(Value::Object(out))
+            }
+            ViewKind::Set(_) => {
+                let mut members: Vec<&String> = t.ids.keys().collect();
+                members.sort();
+                Some(json!({"id": id, "count": members.len(), "members": members}))
+            }
+            ViewKind::Counter(_) => None,
+        }
+    }
+
+    fn first_page(&self, t: &Target, id_name: &str, id: &str, page_size: u32, full: bool) -> Value {
+        let limit = if full { usize::MAX } else { page_size as usize };
+        let items: Vec<Value> = t.order.iter().take(limit).map(|s| item(t, s)).collect();
+        let mut out = Map::new();
+        out.insert(id_name.into(), json!(id));
+        out.insert("count".into(), json!(t.order.len()));
+        let next = (t.order.len() > items.len())
+            .then(|| {
+                t.order
+                    .iter()
+                    .nth(items.len().saturating_sub(1))
+                    .map(SortKey::cursor)
+            })
+            .flatten();
+        out.insert("items".into(), Value::Array(items));
+        out.insert("next".into(), next.map_or(Value::Null, Value::String));
+        Value::Object(out)
+    }
+
+    /// A page of a list, index or text target: `{items, next, prev}`.
+    pub fn page(&self, target: &Key, q: &PageQuery) -> Result<Value, QueryError> {
+        let view = self
+            .model
+            .view(target.kind())
+            .ok_or_else(|| QueryError::Unsupported("not a view".into()))?;
+        let (dirs, page_size, ranged): (Vec<bool>, u32, bool) = match &view.kind {
+            ViewKind::List(l) => (
+                l.order.iter().map(|s| s.descending).collect(),
+                l.page_size,
+                false,
+            ),
+            ViewKind::Index(ix) => (vec![false], ix.page_size, true),
+            ViewKind::Text(t) => (vec![], t.page_size, false),
+            other => {
+                return Err(QueryError::Unsupported(format!(
+                    "a `{}` view has no pages",
+                    other.name()
+                )))
+            }
+        };
+        if !ranged && (q.from.is_some() || q.to.is_some()) {
+            return Err(QueryError::Invalid(
+                "`from` and `to` apply to index views only".into(),
+            ));
+        }
+        if q.after.is_some() && q.before.is_some() {
+            return Err(QueryError::Invalid(
+                "give `after` or `before`, not both".into(),
+            ));
+        }
+        let limit = q.limit.unwrap_or(page_size);
+        if limit == 0 || limit > page_size {
+            return Err(QueryError::Invalid(format!(
+                "`limit` must be between 1 and {page_size}"
+            )));
+        }
+        let cursor = |c: &str| {
+            SortKey::parse_cursor(c, &dirs)
+                .ok_or_else(|| QueryError::Invalid("malformed cursor".into()))
+        };
+        let range_value = |s: &str| -> Scalar {
+            match s.parse::<i64>() {
+                Ok(i) => Scalar::Int(i),
+                Err(_) => Scalar::Str(s.to_owned()),
+            }
+        };
+        let lo = q
+            .from
+            .as_deref()
+            .map(|f| SortKey::lowest(false, range_value(f)));
+        let hi = q.to.as_deref().map(range_value);
+        let within_hi = |s: &SortKey| match (&hi, s.parts.first()) {
+            (Some(h), Some((_, v))) => v.total_cmp(h).is_le(),
+            _ => true,
+        };
+        let within_lo = |s: &SortKey| lo.as_ref().is_none_or(|l| s >= l);
+        let empty = Target::default();
+        let t = self.targets.get(target).unwrap_or(&empty);
+        let limit = limit as usize;
+        let mut keys: Vec<&SortKey> = match &q.before {
+            Some(c) => {
+                let c = cursor(c)?;
+                let mut v: Vec<&SortKey> = t
+                    .order
+                    .range((Bound::Unbounded, Bound::Excluded(&c)))
+                    .rev()
+                    .take_while(|s| within_lo(s))
+                    .filter(|s| within_hi(s))
+                    .take(limit)
+                    .collect();
+                v.reverse();
+                v
+            }
+            None => {
+                let start = match (&q.after, &lo) {
+                    (Some(c), _) => Bound::Excluded(cursor(c)?),
+                    (None, Some(l)) => Bound::Included(l.clone()),
+                    (None, None) => Bound::Unbounded,
+                };
+                t.order
+                    .range((start, Bound::Unbounded))
+                    .filter(|s| within_lo(s))
+                    .take_while(|s| within_hi(s))
+                    .take(limit)
+                    .collect()
+            }
+        };
+        keys.truncate(limit);
+        let next = keys.last().and_then(|last| {
+            t.order
+                .range((Bound::Excluded(*last), Bound::Unbounded))
+                .next()
+                .filter(|s| within_hi(s))
+                .map(|_| last.cursor())
+        });
+        let prev = keys.first().and_then(|first| {
+            t.order
+                .range((Bound::Unbounded, Bound::Excluded(*first)))
+                .next_back()
+                .filter(|s| within_lo(s))
+                .map(|_| first.cursor())
+        });
+        let items: Vec<Value> = keys.iter().map(|s| item(t, s)).collect();
+        Ok(json!({
+            "items": items,
+            "next": next,
+            "prev": prev,
+        }))
+    }
+
+    /// Whether `member` is in a set target.
+    pub fn is_member(&self, target: &Key, member: &str) -> Result<bool, QueryError> {
+        match self.model.view(target.kind()).map(|v| &v.kind) {
+            Some(ViewKind::Set(_)) => Ok(self
+                .targets
+                .get(target)
+                .is_some_and(|t| t.ids.contains_key(member))),
+            _ => Err(QueryError::Unsupported(
+                "`member` applies to set views only".into(),
+            )),
+        }
+    }
+
+    /// A bounded AND query over a text view: every term must match a word
+    /// exactly, by prefix (the last term, as typed so far) or within a small
+    /// edit distance. Returns matches in key order.
+    pub fn search(
+        &self,
+        view_name: &str,
+        q: &str,
+        limit: Option<u32>,
+    ) -> Result<Value, QueryError> {
+        let Some(ViewKind::Text(tv)) = self.model.view(view_name).map(|v| &v.kind) else {
+            return Err(QueryError::Unsupported(
+                "`_search` applies to text views only".into(),
+            ));
+        };
+        let limit = limit.unwrap_or(tv.page_size);
+        if limit == 0 || limit > tv.page_size {
+            return Err(QueryError::Invalid(format!(
+                "`limit` must be between 1 and {}",
+                tv.page_size
+            )));
+        }
+        let terms: Vec<String> = q
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if terms.is_empty() {
+            return Err(QueryError::Invalid("`q` has no words".into()));
+        }
+        if terms.len() > MAX_TERMS {
+            return Err(QueryError::Invalid(format!(
+                "at most {MAX_TERMS} words per query"
+            )));
+        }
+        if let Some(t) = terms.iter().find(|t| t.len() > MAX_WORD) {
+            return Err(QueryError::Invalid(format!(
+                "the word {t:?} is longer than {MAX_WORD}"
+            )));
+        }
+        let empty = Vocab::default();
+        let vocab = self.vocab.get(view_name).unwrap_or(&empty);
+        let mut matched = Map::new();
+        let mut result: Option<BTreeSet<&Key>> = None;
+        for (i, term) in terms.iter().enumerate() {
+            let last = i + 1 == terms.len();
+            let expansions = expand(vocab, term, last);
+            let mut hits: BTreeSet<&Key> = BTreeSet::new();
+            for w in &expansions {
+                if let Some(t) = Key::parse(&format!("{view_name}/{w}"))
+                    .ok()
+                    .and_then(|k| self.targets.get(&k))
+                {
+                    hits.extend(t.members.keys());
+                }
+            }
+            matched.insert(term.clone(), json!(expansions));
+            result = Some(match result {
+                None => hits,
+                Some(r) => r.intersection(&hits).copied().collect(),
+            });
+        }
+        let keys = result.unwrap_or_default();
+        let items: Vec<Value> = keys
+            .iter()
+            .take(limit as usize)
+            .map(|k| {
+                // Any word target of this entity holds its shown fields.
+                let fields = self
+                    .rev
+                    .get(*k)
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t.kind() == view_name)
+                    .find_map(|t| self.targets.get(t)?.members.get(*k))
+                    .and_then(|m| match &m.data {
+                        Contribution::Item { fields, .. } => Some(fields.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                let mut o = Map::new();
+                o.insert("id".into(), json!(id_of(k)));
+                o.extend(fields);
+                Value::Object(o)
+            })
+            .collect();
+        Ok(json!({"count": keys.len(), "items": items, "matched": matched}))
+    }
+}
+
+/// The words a query term stands for: itself if known, words it begins (the
+/// last term), or near misses by edit distance.
+fn expand(vocab: &Vocab, term: &str, last: bool) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if vocab.words.contains(term) {
+        out.push(term.to_owned());
+    }
+    if last {
+        out.extend(
+            vocab
+                .words
+                .range::<str, _>((Bound::Excluded(term), Bound::Unbounded))
+                .take_while(|w| w.starts_with(term))
+                .take(MAX_EXPANSIONS)
+                .cloned(),
+        );
+    }
+    if out.is_empty() {
+        // Fuzzy: candidates share a bigram; accept one edit (a
+        // transposition counts as one) for short words, two for long ones.
+        let max = if term.len() <= 5 { 1 } else { 2 };
+        let mut candidates: BTreeSet<&String> = BTreeSet::new();
+        for g in grams(term) {
+            if let Some(ws) = vocab.grams.get(&g) {
+                candidates.extend(ws);
+            }
+        }
+        let mut scored: Vec<(usize, &String)> = candidates
+            .into_iter()
+            .map(|w| (strsim::osa_distance(term, w), w))
+            .filter(|(d, _)| *d <= max)
+            .collect();
+        scored.sort();
+        out.extend(
+            scored
+                .into_iter()
+                .take(MAX_EXPANSIONS)
+                .map(|(_, w)| w.clone()),
+        );
+    }
+    out.truncate(MAX_EXPANSIONS);
+    out
+}
+
+fn item(t: &Target, s: &SortKey) -> Value {
+    let mut o = Map::new();
+    let key = Key::parse(&s.key).ok();
+    o.insert(
+        "id".into(),
+        json!(s.key.split_once('/').map_or("", |(_, id)| id)),
+    );
+    if let Some(Member {
+        data: Contribution::Item { fields, .. },
+        ..
+    }) = key.as_ref().and_then(|k| t.members.get(k))
+    {
+        o.extend(fields.clone());
+    }
+    Value::Object(o)
+}
+
+fn apply(t: &mut Target, c: &Contribution) {
+    match c {
+        Contribution::Item { sort, .. } => {
+            t.order.insert(sort.clone());
+        }
+        Contribution::Values(vals) => {
+            for (m, v) in t.measures.iter_mut().zip(vals) {
+                if let Some(v) = v {
+                    m.n += 1;
+                    match v {
+                        Num::Int(i) => m.int_sum += i128::from(*i),
+                        Num::Float(f) => m.float_sum += f,
+                    }
+                    *m.values.entry(v.key()).or_default() += 1;
+                }
+            }
+        }
+        Contribution::Member(id) => *t.ids.entry(id.clone()).or_default() += 1,
+        Contribution::Own { .. } | Contribution::Embedded(_) => {}
+    }
+}
+
+fn unapply(t: &mut Target, c: &Contribution) {
+    match c {
+        Contribution::Item { sort, .. } => {
+            t.order.remove(sort);
+        }
+        Contribution::Values(vals) => {
+            for (m, v) in t.measures.iter_mut().zip(vals) {
+                if let Some(v) = v {
+                    m.n -= 1;
+                    match v {
+                        Num::Int(i) => m.int_sum -= i128::from(*i),
+                        Num::Float(f) => m.float_sum -= f,
+                    }
+                    if let Some(c) = m.values.get_mut(&v.key()) {
+                        *c -= 1;
+                        if *c == 0 {
+                            m.values.remove(&v.key());
+                        }
+                    }
+                }
+            }
+        }
+        Contribution::Member(id) => {
+            if let Some(c) = t.ids.get_mut(id) {
+                *c -= 1;
+                if *c == 0 {
+                    t.ids.remove(id);
+                }
+            }
+        }
+        Contribution::Own { .. } | Contribution::Embedded(_) => {}
+    }
+}
+
+fn num_json(n: Num) -> Value {
+    match n {
+        Num::Int(i) => json!(i),
+        Num::Float(f) => json!(f),
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn measure_value(func: MeasureFn, s: &MeasureState) -> Value {
+    let sum = || -> Value {
+        if s.float_sum == 0.0 {
+            i64::try_from(s.int_sum).map_or_else(|_| json!(s.int_sum as f64), |i| json!(i))
+        } else {
+            json!(s.int_sum as f64 + s.float_sum)
+        }
+    };
+    match func {
+        MeasureFn::Count => json!(s.n),
+        MeasureFn::Sum => sum(),
+        MeasureFn::Avg if s.n == 0 => Value::Null,
+        MeasureFn::Avg => json!((s.int_sum as f64 + s.float_sum) / s.n as f64),
+        MeasureFn::Min => s
+            .values
+            .keys()
+            .next()
+            .map_or(Value::Null, |k| num_json(k.0)),
+        MeasureFn::Max => s
+            .values
+            .keys()
+            .next_back()
+            .map_or(Value::Null, |k| num_json(k.0)),
+    }
+}
