@@ -27,6 +27,8 @@
 
 pub mod counters;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

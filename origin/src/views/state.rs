@@ -11,7 +11,8 @@
 //! reordered one reads the same current state, and a lost one is repaired by
 //! the rolling regeneration, which sends every message again with `force`.
 //!
-//! The reverse index maps each source to the targets it is a member of. It is
+//! The reverse index maps each source to the targets it is a member of (and
+//! each referenced entity to the embed targets pointing at it). It is
 //! how a change finds its dependents without a scan: renaming `product/p1`
 //! looks up the `order_page`s that embed it, and moving an event to another
 //! category finds the index target it has to leave.
@@ -337,6 +338,8 @@ pub struct ViewState {
     model: Arc<Model>,
     targets: HashMap<Key, Target>,
     rev: HashMap<Key, HashSet<Key>>,
+    /// Referenced entity → the embed targets whose own entity points at it.
+    refs: HashMap<Key, HashSet<Key>>,
     vocab: HashMap<String, Vocab>,
 }
 
@@ -387,6 +390,7 @@ impl ViewState {
             model,
             targets: HashMap::new(),
             rev: HashMap::new(),
+            refs: HashMap::new(),
             vocab: HashMap::new(),
         }
     }
@@ -412,12 +416,14 @@ impl ViewState {
     }
 
     /// The targets a change of `source` (now `doc`) must be delivered to:
-    /// those it is a member of, and those its current document names.
+    /// those it is a member of, the embed views whose entity references it,
+    /// and those its current document names.
     pub fn targets_of(&self, source: &Key, doc: Option<&Value>) -> Vec<Key> {
         let mut out: BTreeSet<Key> = self
             .rev
             .get(source)
             .into_iter()
+            .chain(self.refs.get(source))
             .flatten()
             .cloned()
             .collect();
@@ -507,16 +513,49 @@ impl ViewState {
                 return Err(missing);
             }
         }
+        let own = matches!(&view.kind, ViewKind::Embed(e) if d.source.kind() == e.from);
+        let old_refs = if own {
+            self.own_refs(&d.target, &d.source)
+        } else {
+            HashSet::new()
+        };
         let mut changed = self.set_member(view, &d.target, &d.source, source.version, contribution);
-        if let ViewKind::Embed(e) = &view.kind {
-            if d.source.kind() == e.from {
-                changed |= self.reconcile_embedded(view, &d.target, &d.source, refs);
+        if own {
+            // The reference index follows what the own entity points at,
+            // present or not: a referenced entity created later must still
+            // find this target.
+            let new_refs = self.own_refs(&d.target, &d.source);
+            for k in old_refs.difference(&new_refs) {
+                if let Some(set) = self.refs.get_mut(k) {
+                    set.remove(&d.target);
+                    if set.is_empty() {
+                        self.refs.remove(k);
+                    }
+                }
             }
+            for k in new_refs.difference(&old_refs) {
+                self.refs
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(d.target.clone());
+            }
+            changed |= self.reconcile_embedded(view, &d.target, &d.source, refs);
         }
         Ok(Effect {
             changed,
             skipped: false,
         })
+    }
+
+    /// The keys an embed target's own entity references now.
+    fn own_refs(&self, target: &Key, own: &Key) -> HashSet<Key> {
+        match self.targets.get(target).and_then(|t| t.members.get(own)) {
+            Some(Member {
+                data: Contribution::Own { refs, .. },
+                ..
+            }) => refs.iter().flatten().cloned().collect(),
+            _ => HashSet::new(),
+        }
     }
 
     /// What `source` (with `doc`) contributes to `target`, if anything.
