@@ -533,12 +533,12 @@ fn entity(kind: u8, id: u8, a: u8, b: u8, c: u8) -> Option<(String, Value)> {
             json!({"name": (["Ann", "Bob", "Cy"][a % 3]), "country": (["PT", "GB"][b % 2])}),
         ),
         1 => (
-            format!("product/p{}", id % 3),
+            format!("product/p{}", id % 2),
             json!({"code": format!("K{}", a % 3), "name": (["W", "G", "H"][b % 3])}),
         ),
         2 => (
-            format!("order/o{}", id % 5),
-            json!({"customer": format!("c{}", a % 3), "product": format!("p{}", b % 3), "date": format!("2026-12-0{}", c % 3 + 1)}),
+            format!("order/o{}", id % 3),
+            json!({"customer": format!("c{}", a % 3), "product": format!("p{}", b % 2), "date": format!("2026-12-0{}", c % 3 + 1)}),
         ),
         3 => (
             format!("venue/v{}", id % 2),
@@ -584,21 +584,22 @@ fn entity(kind: u8, id: u8, a: u8, b: u8, c: u8) -> Option<(String, Value)> {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(k, i, a, b, c)| Step::Put(k, i, a, b, c)),
-        1 => (any::<u8>(), any::<u8>()).prop_map(|(k, i)| Step::Delete(k, i)),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(k, i)| Step::Delete(k, i)),
         4 => (any::<u8>(), any::<bool>()).prop_map(|(i, d)| Step::Deliver(i, d)),
         1 => any::<u8>().prop_map(Step::Drop),
     ]
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// Whatever order messages arrive in, and however often: once every
     /// message is handled, each view equals a from-scratch recomputation.
-    /// Lost messages are then repaired by one forced sweep, as the rolling
-    /// regeneration does.
+    /// In lossy histories some messages are lost; one forced sweep, as the
+    /// rolling regeneration does, must then repair everything. (Histories
+    /// without loss are checked without the sweep, which would hide bugs.)
     #[test]
-    fn views_equal_a_recomputation(steps in proptest::collection::vec(step(), 1..120)) {
+    fn views_equal_a_recomputation(steps in proptest::collection::vec(step(), 1..120), lossy in any::<bool>()) {
         let mut w = World::new();
         let mut queue: Vec<Msg> = Vec::new();
         let mut lost = false;
@@ -627,7 +628,7 @@ proptest! {
                     let out = w.handle(&m, false);
                     queue.extend(out);
                 }
-                Step::Drop(i) if !queue.is_empty() => {
+                Step::Drop(i) if lossy && !queue.is_empty() => {
                     queue.swap_remove(usize::from(i) % queue.len());
                     lost = true;
                 }
