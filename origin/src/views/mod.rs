@@ -358,29 +358,27 @@ impl Views {
     /// The rolling regeneration: visits every entity and view object once per
     /// `period`, evenly spread, forcing recomputation.
     async fn sweep(self, engine: Arc<Engine>, period: Duration, stop: CancellationToken) {
+        // Paced in chunks so that the sleeps stay coarse; each chunk waits
+        // first, so the pass that follows the start-up rebuild does not
+        // repeat it at once.
+        const CHUNK: usize = 256;
         loop {
-            let started = tokio::time::Instant::now();
             let keys = match engine.keys().await {
                 Ok(k) => k,
                 Err(_) => return,
             };
-            let n = keys.len().max(1);
-            // Pace in chunks, so that the sleeps stay coarse.
-            let chunk = 256usize;
-            let per_chunk = period.mul_f64(chunk as f64 / n as f64);
+            let chunks = keys.len().div_ceil(CHUNK).max(1);
+            let pause = period / u32::try_from(chunks).unwrap_or(u32::MAX);
+            let mut keys = keys.into_iter().peekable();
             let (mut e, mut v) = (0, 0);
-            for (i, (key, entry)) in keys.into_iter().enumerate() {
-                self.visit(key, entry, true, &mut e, &mut v);
-                if (i + 1) % chunk == 0 {
-                    tokio::select! {
-                        () = tokio::time::sleep(per_chunk) => {}
-                        () = stop.cancelled() => return,
-                    }
+            for _ in 0..chunks {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = stop.cancelled() => return,
                 }
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(started + period) => {}
-                () = stop.cancelled() => return,
+                for (key, entry) in keys.by_ref().take(CHUNK) {
+                    self.visit(key, entry, true, &mut e, &mut v);
+                }
             }
             self.stats.sweeps.fetch_add(1, Ordering::Relaxed);
         }

@@ -133,7 +133,7 @@ impl World {
     }
 
     /// The same store, derived from scratch.
-    fn from_scratch(&self) -> World {
+    fn recomputed(&self) -> World {
         let mut w = World {
             store: self.store.clone(),
             version: self.version,
@@ -650,7 +650,7 @@ proptest! {
                 }
             }
         }
-        let scratch = w.from_scratch();
+        let scratch = w.recomputed();
         prop_assert_eq!(w.snapshot(), scratch.snapshot());
         for q in ["jazz", "ni", "rsut live", "talk b"] {
             prop_assert_eq!(
