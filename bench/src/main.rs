@@ -15,14 +15,21 @@
 //!   write-through (`bench-writethrough`) on the filesystem and on S3
 //!   (`s3s-fs`), coalescing of one hot key, the warm load and its memory; see
 //!   the `storage` module.
+//! - **views**: the view engine — fan-out regeneration (a product renamed
+//!   under 10k and 100k orders) against the client re-`PUT`ting the pages
+//!   itself, write amplification per entity type, and derivation lag under a
+//!   mixed read/write load against the same reads alone; see the `views`
+//!   module.
 //!
 //! Results go to `bench/results/latest.md` (tables, goals, machine, versions,
-//! commit, date), `latest.json` (every sample) and SVG plots; the storage part
-//! writes its own `storage.md` and `storage.json`.
+//! commit, date), `latest.json` (every sample) and SVG plots; the storage and
+//! views parts write their own `storage.md` / `storage.json` and `views.md` /
+//! `views.json`.
 
 mod load;
 mod report;
 mod storage;
+mod views;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +41,7 @@ use load::{wrk, Run, Sample, Server};
 use prefold_e2e::{free_port, EdgeProc, OriginProc};
 use report::{EdgeRow, MicroRow, ReadRow, Report, WasmSize};
 use storage::StorageReport;
+use views::ViewsReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {
@@ -41,6 +49,7 @@ enum Part {
     Edge,
     Micro,
     Storage,
+    Views,
 }
 
 #[derive(Parser)]
@@ -52,8 +61,8 @@ struct Args {
     /// Which parts to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
-    /// Only re-render `latest.md` and the plots from `latest.json`, and
-    /// `storage.md` from `storage.json`.
+    /// Only re-render `latest.md` and the plots from `latest.json`,
+    /// `storage.md` from `storage.json` and `views.md` from `views.json`.
     #[arg(long)]
     render_only: bool,
     /// Where results are written.
@@ -325,18 +334,26 @@ fn micro_results() -> Result<Vec<MicroRow>> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     if args.render_only {
-        let (latest, storage) = (args.out.join("latest.json"), args.out.join("storage.json"));
+        let (latest, storage, views) = (
+            args.out.join("latest.json"),
+            args.out.join("storage.json"),
+            args.out.join("views.json"),
+        );
         anyhow::ensure!(
-            latest.exists() || storage.exists(),
-            "nothing to re-render: no {} or {}",
+            latest.exists() || storage.exists() || views.exists(),
+            "nothing to re-render: no {}, {} or {}",
             latest.display(),
-            storage.display()
+            storage.display(),
+            views.display()
         );
         if latest.exists() {
             Report::load(&args.out)?.write(&args.out)?;
         }
         if storage.exists() {
             StorageReport::load(&args.out)?.write(&args.out)?;
+        }
+        if views.exists() {
+            ViewsReport::load(&args.out)?.write(&args.out)?;
         }
         return Ok(());
     }
@@ -346,7 +363,13 @@ async fn main() -> Result<()> {
         Mode::quick()
     };
     let parts = if args.only.is_empty() {
-        vec![Part::Read, Part::Edge, Part::Micro, Part::Storage]
+        vec![
+            Part::Read,
+            Part::Edge,
+            Part::Micro,
+            Part::Storage,
+            Part::Views,
+        ]
     } else {
         args.only.clone()
     };
@@ -365,8 +388,11 @@ async fn main() -> Result<()> {
         report.micro = micro_results()?;
     }
     std::fs::create_dir_all(&args.out)?;
-    // `--only storage` leaves the other parts' results alone.
-    if parts.iter().any(|p| *p != Part::Storage) {
+    // `--only storage` and `--only views` leave the other parts' results alone.
+    if parts
+        .iter()
+        .any(|p| !matches!(p, Part::Storage | Part::Views))
+    {
         report.write(&args.out)?;
         eprintln!("results: {}", args.out.join("latest.md").display());
     }
@@ -374,6 +400,11 @@ async fn main() -> Result<()> {
         let storage = storage::run(args.full, work.path()).await?;
         storage.write(&args.out)?;
         eprintln!("results: {}", args.out.join("storage.md").display());
+    }
+    if parts.contains(&Part::Views) {
+        let views = views::run(args.full, work.path()).await?;
+        views.write(&args.out)?;
+        eprintln!("results: {}", args.out.join("views.md").display());
     }
     Ok(())
 }

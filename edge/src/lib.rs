@@ -270,6 +270,12 @@ async fn get_object(
     cfg: &EdgeConfig,
     key: Key,
 ) -> Result<Response, EdgeError> {
+    // A query (a page by cursor, an index range, a text query, a set
+    // membership) is answered by the view state on the owner, never by the
+    // published object in KV.
+    if let Some(query) = req.url().ok().and_then(|u| u.query().map(str::to_owned)) {
+        return query_owner(req, cfg, &key, &query).await;
+    }
     let kv = env.kv(KV_BINDING)?;
     let (value, meta) = kv.get(key.as_str()).bytes_with_metadata::<KvMeta>().await?;
     if let (Some(body), Some(meta)) = (value, meta) {
@@ -307,6 +313,45 @@ async fn get_object(
     }
 }
 
+/// Forwards a view query to the key's owner and returns its answer as it
+/// came (including its 400 problem bodies); nothing is cached.
+async fn query_owner(
+    req: &Request,
+    cfg: &EdgeConfig,
+    key: &Key,
+    query: &str,
+) -> Result<Response, EdgeError> {
+    let owner = cfg.origins.owner(key);
+    let url = format!("{}?{query}", object_url(owner, key));
+    let (resp, body) = call_origin(
+        Request::new(&url, Method::Get)?,
+        &owner.name,
+        cfg.origin_timeout_ms,
+    )
+    .await?;
+    let status = resp.status_code();
+    if status >= 500 && status != 503 {
+        return Err(EdgeError::OriginFailed {
+            origin: owner.name.clone(),
+            status,
+        });
+    }
+    let out = Headers::new();
+    for name in ["content-type", "cache-control", "retry-after"] {
+        if let Some(v) = resp.headers().get(name)? {
+            out.set(name, &v)?;
+        }
+    }
+    let body = if req.method() == Method::Head {
+        Vec::new()
+    } else {
+        body
+    };
+    Ok(Response::from_bytes(body)?
+        .with_status(status)
+        .with_headers(out))
+}
+
 /// Validates a write with the shared rules and forwards it to the key's
 /// owner. A `PUT` fills KV with the body it wrote; any other write (merge
 /// patch, delete, append, increment) produces a body the edge has not seen,
@@ -321,8 +366,16 @@ async fn write_object(
 ) -> Result<Response, EdgeError> {
     let method = req.method();
     let ct = req.headers().get("content-type")?.unwrap_or_default();
-    let has_body = method != Method::Delete;
+    // A counter increment (`POST …?op=increment`) may come without a body.
+    let bodiless_post = method == Method::Post
+        && ct.is_empty()
+        && req
+            .headers()
+            .get("content-length")?
+            .is_none_or(|n| n.trim() == "0");
+    let has_body = method != Method::Delete && !bodiless_post;
     let ct_ok = match method {
+        _ if bodiless_post => true,
         Method::Patch => ct
             .split(';')
             .next()
@@ -396,8 +449,10 @@ async fn write_object(
             status,
         });
     }
-    // A 504 write is applied: KV must not keep the version before it.
-    if (200..300).contains(&status) || status == 504 {
+    // A 504 write is applied: KV must not keep the version before it. A
+    // 202 (a counter increment) changes nothing yet: its view publishes
+    // later, and marking KV per increment would exceed its write rate.
+    if ((200..300).contains(&status) && status != 202) || status == 504 {
         let version = header_version(&resp, &owner.name).ok();
         match version {
             Some(v) if method == Method::Put && status != 504 => {

@@ -415,3 +415,96 @@ async fn every_write_goes_through_the_edge_and_kv_follows() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_and_their_queries_are_served_through_the_edge() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = prefold_e2e::repo_root().join("scripts/demo/model.toml");
+    let origin = OriginProc::start(dir.path(), &["--model", model.to_str().unwrap()]).await?;
+    let edge = EdgeProc::start(&format!("origin-1={}", origin.url()), &[]).await?;
+    let e = edge.url();
+    for (key, doc) in [
+        ("venue/v1", json!({"name": "Hall", "city": "Lisbon"})),
+        ("user/u1", json!({"name": "Ann", "country": "PT"})),
+        (
+            "event/e1",
+            json!({"title": "Jazz Night", "description": "live", "category": "music", "date": "2026-12-05", "venue": "v1"}),
+        ),
+    ] {
+        assert_eq!(
+            put_json(&format!("{e}/o/{key}"), &doc).await?.status(),
+            201,
+            "{key}"
+        );
+    }
+    for seq in 1..=3 {
+        let doc = json!({"event": "e1", "author": "u1", "ts": seq, "seq": seq, "text": "hi"});
+        let r = put_json(&format!("{e}/o/comment/e1/u1.{seq}"), &doc).await?;
+        assert_eq!(r.status(), 201);
+    }
+    // A write that breaks the model is refused by the owner, through the edge.
+    let bad = put_json(&format!("{e}/o/event/e2"), &json!({"title": 1})).await?;
+    assert_eq!(bad.status(), 422);
+    // The published first page, then further pages by cursor: queries go to
+    // the owner's view state, not to KV.
+    let first: Value = poll("the comment list", Duration::from_secs(10), || async {
+        let r = client()
+            .get(format!("{e}/o/event_comments/e1"))
+            .send()
+            .await
+            .ok()?;
+        let v: Value = r.json().await.ok()?;
+        (v["count"] == 3).then_some(v)
+    })
+    .await?;
+    assert_eq!(first["items"][0]["id"], "e1/u1.3");
+    let page: Value = client()
+        .get(format!("{e}/o/event_comments/e1?limit=2"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let next = page["next"].as_str().expect("a cursor").to_owned();
+    let page2: Value = client()
+        .get(format!("{e}/o/event_comments/e1?limit=2&after={next}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(page2["items"][0]["id"], "e1/u1.1");
+    let bad_cursor = client()
+        .get(format!("{e}/o/event_comments/e1?after=nonsense"))
+        .send()
+        .await?;
+    assert_eq!(bad_cursor.status(), 400);
+    let search: Value = client()
+        .get(format!("{e}/o/event_search/_search?q=jaz"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(search["items"][0]["id"], "e1");
+    // A counter increment needs no body and is accepted at once.
+    let r = client()
+        .post(format!("{e}/o/event_views/e1?op=increment"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 202);
+    poll(
+        "the counter to be published",
+        Duration::from_secs(10),
+        || async {
+            let v: Value = client()
+                .get(format!("{}/o/event_views/e1", origin.url()))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["count"] == 1).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
