@@ -67,7 +67,9 @@ cat <<MSG
     curl -X POST 'http://127.0.0.1:$EDGE_PORT/o/event_views/e1?op=increment'
     curl -X PATCH http://127.0.0.1:$EDGE_PORT/o/product/p1 \\
          -H 'content-type: application/merge-patch+json' -d '{"name":"Renamed Widget"}'
-      (then order_page/o1, an order of p1, shows the new name)
+    curl http://$ORIGIN_ADDR/o/order_page/o1   # an order of p1: the new name
+      (the edge's KV copy of a view is not yet refreshed when the view
+       changes: origin-driven publication is the next step)
 
   Ctrl-C stops both.
 

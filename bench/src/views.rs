@@ -1235,9 +1235,9 @@ async fn writer(w: Arc<Writers>, me: usize, until: Instant) -> Result<WriteStats
     let mut j = 0usize;
     while Instant::now() < until {
         let n = w.count.fetch_add(1, Ordering::Relaxed);
-        let observed = n % OBSERVE_EVERY == 0;
+        let observed = n.is_multiple_of(OBSERVE_EVERY);
         let t = Instant::now();
-        if j % 2 == 0 || mine.is_empty() {
+        if j.is_multiple_of(2) || mine.is_empty() {
             let event = &w.events[rng.usize(..w.events.len())];
             let author = &w.users[rng.usize(..w.users.len())];
             let seq = 1_000_000 + n;
