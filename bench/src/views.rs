@@ -325,6 +325,79 @@ fn lo_hi(v: &[f64]) -> (f64, f64) {
     )
 }
 
+/// Clock ticks per second of `/proc/*/stat` times.
+fn clock_ticks() -> f64 {
+    crate::report::command_line("getconf", &["CLK_TCK"])
+        .parse()
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU time of a process so far, s.
+fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name: state, ppid, … utime (12th), stime (13th).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
+/// The pid of our child process whose command line names `dir` (the
+/// origin started on it).
+fn child_with_arg(dir: &Path) -> Option<u32> {
+    let me = std::process::id().to_string();
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .to_owned();
+        if ppid != me {
+            return None;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+        cmdline.split('\0').any(|a| a == needle).then_some(pid)
+    })
+}
+
+/// CPU time of the origin and of this benchmark process, s.
+#[derive(Clone, Copy)]
+struct Cpu {
+    origin: Option<u32>,
+    ticks: f64,
+}
+
+impl Cpu {
+    fn new(dir: &Path) -> Cpu {
+        Cpu {
+            origin: child_with_arg(dir),
+            ticks: clock_ticks(),
+        }
+    }
+
+    /// `(origin, client)` CPU seconds so far.
+    fn now(&self) -> (Option<f64>, Option<f64>) {
+        (
+            self.origin.and_then(|p| cpu_seconds(p, self.ticks)),
+            cpu_seconds(std::process::id(), self.ticks),
+        )
+    }
+
+    /// `(origin, client)` CPU seconds since `then`.
+    fn since(&self, then: (Option<f64>, Option<f64>)) -> (Option<f64>, Option<f64>) {
+        let now = self.now();
+        (
+            now.0.zip(then.0).map(|(a, b)| a - b),
+            now.1.zip(then.1).map(|(a, b)| a - b),
+        )
+    }
+}
+
 // ── results ─────────────────────────────────────────────────────────────────
 
 /// Loading a data set into an origin.
@@ -364,8 +437,17 @@ pub struct FanoutRow {
     pub rep: usize,
     /// Position in the repetition's order.
     pub order: usize,
-    /// From sending the write(s) to every page readable with the new name, ms.
+    /// From sending the write(s) to every page readable with the new name,
+    /// ms. For the view engine: when the first scrape that showed it done
+    /// returned (an upper bound).
     pub ms: f64,
+    /// View engine only: when the last scrape that did not show it done was
+    /// sent (a lower bound), ms.
+    pub ms_lower: Option<f64>,
+    /// The origin's CPU time over the run (user + system), ms.
+    pub origin_cpu_ms: Option<f64>,
+    /// This benchmark process's CPU time over the run, ms.
+    pub client_cpu_ms: Option<f64>,
     /// The `PATCH`'s own answer, ms (view engine only).
     pub ack_ms: Option<f64>,
     /// `/metrics` scrapes made while waiting (view engine only).
@@ -458,6 +540,10 @@ pub struct LagRun {
     pub published: u64,
     /// Client-observed lag samples.
     pub observed: Vec<Observed>,
+    /// The origin's CPU time over the run (user + system), s.
+    pub origin_cpu_s: Option<f64>,
+    /// This benchmark process's CPU time over the run, s.
+    pub client_cpu_s: Option<f64>,
 }
 
 impl LagRun {
@@ -545,7 +631,14 @@ pub async fn run(full: bool, work: &Path) -> Result<ViewsReport> {
             .filter(|(k, _)| keep.contains(&k.as_str()))
             .collect(),
     };
+    // Diagnostics: `PREFOLD_BENCH_VIEWS=fanout,amp,lag` runs only some
+    // sections (the report shows what ran).
+    let only = std::env::var("PREFOLD_BENCH_VIEWS").unwrap_or_default();
+    let runs = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
     for (config, flags) in CONFIGS {
+        if !runs("fanout") {
+            break;
+        }
         for &n in &plan.fanout_ns {
             let dir = work.join(format!("fanout-{config}-{n}"));
             let (setup, rows) = fanout(&plan, &dir, config, flags, n).await?;
@@ -555,13 +648,17 @@ pub async fn run(full: bool, work: &Path) -> Result<ViewsReport> {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
-    let (load, amp) = amplification(&plan, &work.join("amplification")).await?;
-    report.amp_load = Some(load);
-    report.amp = amp;
-    let (load, keys, lag) = mixed_load(&plan, &work.join("lag")).await?;
-    report.lag_load = Some(load);
-    report.lag_read_keys = keys;
-    report.lag = lag;
+    if runs("amp") {
+        let (load, amp) = amplification(&plan, &work.join("amplification")).await?;
+        report.amp_load = Some(load);
+        report.amp = amp;
+    }
+    if runs("lag") {
+        let (load, keys, lag) = mixed_load(&plan, &work.join("lag")).await?;
+        report.lag_load = Some(load);
+        report.lag_read_keys = keys;
+        report.lag = lag;
+    }
     report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -617,6 +714,10 @@ impl Fixture {
     }
 }
 
+fn ms_pair(p: (Option<f64>, Option<f64>)) -> (Option<f64>, Option<f64>) {
+    (p.0.map(|s| s * 1e3), p.1.map(|s| s * 1e3))
+}
+
 /// Which pages a run reads back: the first, the last and a spread between.
 fn sample_indices(n: usize, rep: usize) -> Vec<usize> {
     let mut rng = fastrand::Rng::with_seed(rep as u64 + 7);
@@ -665,6 +766,7 @@ async fn fanout(
 ) -> Result<(FanoutSetup, Vec<FanoutRow>)> {
     eprintln!("views: fan-out, {config} configuration, loading {n} orders of one product");
     let (origin, http) = start_origin(dir, flags).await?;
+    let cpu = Cpu::new(dir);
     let loaded = load(&origin, &http, gen::one_product_orders(n)).await?;
     let fixture = Fixture::new(n)?;
     let initial = fixture.product["name"]
@@ -710,6 +812,9 @@ async fn fanout(
                 rep,
                 order: k,
                 ms: 0.0,
+                ms_lower: None,
+                origin_cpu_ms: None,
+                client_cpu_ms: None,
                 ack_ms: None,
                 scrapes: 0,
                 published: 0,
@@ -721,6 +826,7 @@ async fn fanout(
                 retries: 0,
                 verified: 0,
             };
+            let cpu0 = cpu.now();
             let after = if target == VIEWS {
                 let body = Bytes::from(serde_json::to_vec(&json!({ "name": name }))?);
                 let t0 = Instant::now();
@@ -731,12 +837,15 @@ async fn fanout(
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let after = loop {
                     tick.tick().await;
+                    let sent = t0.elapsed().as_secs_f64() * 1e3;
                     let m = http.metrics().await?;
                     row.scrapes += 1;
                     if metric(&m, PENDING) == 0.0 && metric(&m, PUBLISHED) >= want {
                         row.ms = t0.elapsed().as_secs_f64() * 1e3;
+                        (row.origin_cpu_ms, row.client_cpu_ms) = ms_pair(cpu.since(cpu0));
                         break m;
                     }
+                    row.ms_lower = Some(sent);
                     if t0.elapsed() > Duration::from_secs(300) {
                         bail!(
                             "fan-out of {n} not published after 300 s: pending {}, published {} of {n}\n{}",
@@ -768,6 +877,7 @@ async fn fanout(
                     .with_context(|| origin.log_tail())?;
                 row.ms = t0.elapsed().as_secs_f64() * 1e3;
                 let after = http.metrics().await?;
+                (row.origin_cpu_ms, row.client_cpu_ms) = ms_pair(cpu.since(cpu0));
                 row.verified = verify(&http, &fixture, "page_anchor", &name, rep).await?;
                 after
             };
@@ -1377,7 +1487,12 @@ async fn mixed_load(
         "views: derivation lag, loading the demo data at scale {}",
         plan.lag_scale
     );
-    let (origin, http) = start_origin(dir, &[]).await?;
+    // Diagnostics: extra origin flags for this run only (e.g. a longer flush
+    // interval, to see what the flusher costs the readers).
+    let extra = std::env::var("PREFOLD_BENCH_VIEWS_LAG_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let (origin, http) = start_origin(dir, &extra).await?;
+    let cpu = Cpu::new(dir);
     let loaded = load(&origin, &http, gen::demo(&Scale::new(plan.lag_scale), SEED)).await?;
     let demo = Demo::new(plan.lag_scale);
     // Only objects that exist: a view object of an empty target is absent.
@@ -1435,6 +1550,7 @@ async fn mixed_load(
             );
             http.drained(Duration::from_secs(120)).await?;
             let before = http.settled(AMP_POLL, Duration::from_secs(120)).await?;
+            let cpu0 = cpu.now();
             let t0 = Instant::now();
             let until = t0 + plan.lag_run;
             let readers: Vec<_> = (0..READERS)
@@ -1463,6 +1579,7 @@ async fn mixed_load(
                 writes.push(w.await?.with_context(|| origin.log_tail())?);
             }
             let seconds = t0.elapsed().as_secs_f64();
+            let (origin_cpu_s, client_cpu_s) = cpu.since(cpu0);
             let mut observed = Vec::new();
             for w in &mut writes {
                 for o in w.observers.drain(..) {
@@ -1494,6 +1611,8 @@ async fn mixed_load(
                 lag_buckets: bucket_delta(&before, &after),
                 published: delta(&before, &after, PUBLISHED),
                 observed,
+                origin_cpu_s,
+                client_cpu_s,
             };
             eprintln!(
                 "views:   {:.0} reads/s, {:.0} writes/s, origin lag p50 {:.2} ms p99 {:.2} ms",
@@ -1742,8 +1861,8 @@ impl ViewsReport {
                 }
                 line(&format!("### `{config}`"));
                 line("");
-                line("| n | view engine ms | (runs) | anchor ms | (runs) | **anchor ÷ engine** | (per run) | engine pages/s | PATCH ack ms | published per rename | derivations per rename | store PUTs during engine run | during anchor run | publish failures | anchor 503 retries | fixture load s (objects/s) |");
-                line("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+                line("| n | view engine ms | (runs) | engine lower bound ms | anchor ms | (runs) | **anchor ÷ engine** | (per run) | engine pages/s | anchor pages/s |");
+                line("|---|---|---|---|---|---|---|---|---|---|");
                 for n in self.ns() {
                     let v = self.times(config, n, VIEWS);
                     if v.is_empty() {
@@ -1752,43 +1871,95 @@ impl ViewsReport {
                     let a = self.times(config, n, ANCHOR);
                     let (vm, am) = (median(v.clone()), median(a.clone()));
                     let sp = self.speedups(config, n);
-                    let med = |t: &str, f: fn(&FanoutRow) -> f64| {
-                        median(self.rows(config, n, t).map(f).collect())
-                    };
-                    let failures: u64 = self
-                        .rows(config, n, VIEWS)
-                        .map(|r| r.publish_failures)
-                        .sum();
-                    let retries: u64 = self.rows(config, n, ANCHOR).map(|r| r.retries).sum();
-                    let setup = self
-                        .fanout_setups
-                        .iter()
-                        .find(|s| &s.config == config && s.n == n);
-                    let load = setup.map_or(String::new(), |s| {
-                        format!(
-                            "{:.1} ({:.0})",
-                            s.load.settled_ms as f64 / 1e3,
-                            s.load.objects as f64 / (s.load.settled_ms as f64 / 1e3)
-                        )
-                    });
+                    let lower = median(
+                        self.rows(config, n, VIEWS)
+                            .filter_map(|r| r.ms_lower)
+                            .collect(),
+                    );
                     line(&format!(
-                        "| {n} | **{}** | {} | {} | {} | **{}** | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {failures} | {retries} | {load} |",
+                        "| {n} | **{}** | {} | {} | {} | {} | **{}** | {} | {:.0} | {:.0} |",
                         ms(vm),
                         span(&v, ms),
+                        ms(lower),
                         ms(am),
                         span(&a, ms),
                         ratio(median(sp.clone())),
                         span(&sp, ratio),
                         n as f64 / (vm / 1e3),
-                        ms(med(VIEWS, |r| r.ack_ms.unwrap_or(f64::NAN))),
-                        med(VIEWS, |r| r.published as f64),
-                        med(VIEWS, |r| r.derivations as f64),
-                        med(VIEWS, |r| r.store_puts as f64),
-                        med(ANCHOR, |r| r.store_puts as f64),
+                        n as f64 / (am / 1e3),
                     ));
                 }
                 line("");
             }
+            line("### What each run cost (medians)");
+            line("");
+            line(&format!(
+                "Origin CPU is the origin process's user + system time over the run \
+                 (`/proc/PID/stat`), bench CPU this benchmark process's (the anchor's client, \
+                 or the `/metrics` polling); two cores give at most 2 s of CPU per second. \
+                 Scrape period is the view engine run's time divided by its scrapes: the \
+                 resolution of its end, longer than the {} ms asked for when the origin is busy. \
+                 The fixture load is `gen::load` of the {} + n objects until the view engine was \
+                 idle.",
+                self.fanout_poll_ms, 6
+            ));
+            line("");
+            line("| configuration | n | target | origin CPU ms | bench CPU ms | origin CPU µs per page | derived objects published | derivation messages | store PUTs during the run | backlog keys before | PATCH ack ms | scrape period ms | publish failures / 503 retries | fixture load s (objects/s) |");
+            line("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            for (config, _) in &self.configs {
+                for n in self.ns() {
+                    for target in [VIEWS, ANCHOR] {
+                        let rows: Vec<&FanoutRow> = self.rows(config, n, target).collect();
+                        if rows.is_empty() {
+                            continue;
+                        }
+                        let med = |f: &dyn Fn(&FanoutRow) -> Option<f64>| {
+                            median(rows.iter().filter_map(|r| f(r)).collect())
+                        };
+                        let origin_cpu = med(&|r| r.origin_cpu_ms);
+                        let (failures, what) = if target == VIEWS {
+                            (
+                                rows.iter().map(|r| r.publish_failures).sum::<u64>(),
+                                "failures",
+                            )
+                        } else {
+                            (rows.iter().map(|r| r.retries).sum::<u64>(), "retries")
+                        };
+                        let load = self
+                            .fanout_setups
+                            .iter()
+                            .find(|s| &s.config == config && s.n == n)
+                            .filter(|_| target == VIEWS)
+                            .map_or(String::new(), |s| {
+                                format!(
+                                    "{:.1} ({:.0})",
+                                    s.load.settled_ms as f64 / 1e3,
+                                    s.load.objects as f64 / (s.load.settled_ms as f64 / 1e3)
+                                )
+                            });
+                        let opt = |x: f64, f: fn(f64) -> String| {
+                            if x.is_finite() {
+                                f(x)
+                            } else {
+                                "–".to_owned()
+                            }
+                        };
+                        line(&format!(
+                            "| `{config}` | {n} | {target} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {failures} {what} | {load} |",
+                            opt(origin_cpu, |x| format!("{x:.0}")),
+                            opt(med(&|r| r.client_cpu_ms), |x| format!("{x:.0}")),
+                            opt(origin_cpu * 1e3 / n as f64, |x| format!("{x:.1}")),
+                            med(&|r| Some(r.published as f64)),
+                            med(&|r| Some(r.derivations as f64)),
+                            med(&|r| Some(r.store_puts as f64)),
+                            med(&|r| Some(r.backlog_before as f64)),
+                            ms(med(&|r| r.ack_ms)),
+                            ms(med(&|r| (r.scrapes > 0).then(|| r.ms / f64::from(r.scrapes)))),
+                        ));
+                    }
+                }
+            }
+            line("");
         }
         if !self.amp.is_empty() {
             line("## Write amplification");
@@ -1883,14 +2054,14 @@ impl ViewsReport {
                 OBSERVE_POLL.as_millis()
             ));
             line("");
-            line("| run | reads/s | read p50 µs | read p99 µs | writes/s (comments + renames) | write ack p50 µs | write ack p99 µs | derived objects published | origin lag p50 ms | origin lag p99 ms | client-observed lag p50 ms | p99 ms | samples (lost) |");
-            line("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            line("| run | reads/s | read p50 µs | read p99 µs | writes/s (comments + renames) | write ack p50 µs | write ack p99 µs | derived objects published | origin lag p50 ms | origin lag p99 ms | client-observed lag p50 ms | p99 ms | samples (lost) | origin CPU (cores) | bench CPU (cores) |");
+            line("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             for r in &self.lag {
                 let obs = r.observed_ms(None);
                 let lost = r.observed.iter().filter(|o| o.ms.is_none()).count();
                 let q = |x: Option<f64>| x.map_or("–".to_owned(), |s| ms(s * 1e3));
                 line(&format!(
-                    "| {} {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     if r.mixed { "mixed" } else { "reads only" },
                     r.rep + 1,
                     r.read_rps(),
@@ -1909,6 +2080,8 @@ impl ViewsReport {
                     if r.mixed { ms(percentile(&obs, 0.5)) } else { "–".to_owned() },
                     if r.mixed { ms(percentile(&obs, 0.99)) } else { "–".to_owned() },
                     if r.mixed { format!("{} ({lost})", r.observed.len()) } else { "–".to_owned() },
+                    r.origin_cpu_s.map_or("–".to_owned(), |c| format!("{:.2}", c / r.seconds)),
+                    r.client_cpu_s.map_or("–".to_owned(), |c| format!("{:.2}", c / r.seconds)),
                 ));
             }
             line("");

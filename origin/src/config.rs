@@ -132,6 +132,14 @@ pub struct Config {
     #[arg(long, env = "PREFOLD_REGEN_PERIOD_SECS", default_value_t = 3600)]
     pub regen_period_secs: u64,
 
+    /// How long a changed view waits before it is written to the store.
+    /// Views are rebuilt from entities at start, so they need not be stored
+    /// promptly; waiting coalesces bursts (a fan-out) and keeps the flusher
+    /// out of their way. Derived objects never count against the backlog
+    /// bounds.
+    #[arg(long, env = "PREFOLD_VIEW_FLUSH_DELAY_MS", default_value_t = 5000)]
+    pub view_flush_delay_ms: u64,
+
     /// Fault injection for tests and drills: wrap the store in a wrapper
     /// controlled by this file (see the `faults` module). Never in production.
     #[arg(long, env = "PREFOLD_FAULT_FILE")]

@@ -10,6 +10,12 @@
 //! The backlog is bounded in keys and bytes. Past either bound a write that
 //! would grow it is refused up front (the API answers 503 with
 //! `Retry-After`) — nothing already accepted is ever dropped.
+//!
+//! Derived objects (views) are kept apart: they do not count against the
+//! bounds, because the view engine can always rebuild them and must never
+//! make a client's write wait, and each waits a delay before its first PUT,
+//! so that a burst of view changes (a fan-out to 100,000 pages) becomes one
+//! PUT per page later instead of competing with the burst.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +44,8 @@ struct Pending {
     segment: u64,
     attempts: u32,
     retry_at: Option<Instant>,
+    /// A derived object: outside the bounds.
+    derived: bool,
 }
 
 /// Bounds of the backlog.
@@ -83,6 +91,9 @@ impl Drop for Waiting<'_> {
 struct Map {
     keys: HashMap<Key, Pending>,
     bytes: usize,
+    /// Of which derived objects.
+    derived_keys: usize,
+    derived_bytes: usize,
 }
 
 /// A snapshot of the backlog for metrics.
@@ -124,14 +135,18 @@ impl Dirty {
         let mut map = self.map();
         let weight = object.weight();
         let old = map.keys.get(&key).map(|p| p.object.weight());
-        if old.is_none() && map.keys.len() >= self.limits.max_keys {
+        let (keys, bytes) = (
+            map.keys.len() - map.derived_keys,
+            map.bytes - map.derived_bytes,
+        );
+        if old.is_none() && keys >= self.limits.max_keys {
             return false;
         }
         let old_weight = old.unwrap_or(0);
-        if weight > old_weight && map.bytes - old_weight + weight > self.limits.max_bytes {
+        if weight > old_weight && bytes - old_weight + weight > self.limits.max_bytes {
             return false;
         }
-        Self::put(&mut map, key, object, segment, &self.coalesced);
+        Self::put(&mut map, key, object, segment, &self.coalesced, None);
         drop(map);
         self.work.notify_one();
         true
@@ -141,33 +156,60 @@ impl Dirty {
     /// those writes were acknowledged before the restart).
     pub fn insert(&self, key: Key, object: Arc<Object>, segment: u64) {
         let mut map = self.map();
-        Self::put(&mut map, key, object, segment, &self.coalesced);
+        Self::put(&mut map, key, object, segment, &self.coalesced, None);
         drop(map);
         self.work.notify_one();
     }
 
-    fn put(map: &mut Map, key: Key, object: Arc<Object>, segment: u64, coalesced: &AtomicU64) {
+    /// Records the newest version of a derived object, outside the bounds,
+    /// first due `delay` after it became pending (later versions coalesce
+    /// into it without pushing that back).
+    pub fn insert_derived(&self, key: Key, object: Arc<Object>, segment: u64, delay: Duration) {
+        let mut map = self.map();
+        Self::put(&mut map, key, object, segment, &self.coalesced, Some(delay));
+        drop(map);
+        self.work.notify_one();
+    }
+
+    fn put(
+        map: &mut Map,
+        key: Key,
+        object: Arc<Object>,
+        segment: u64,
+        coalesced: &AtomicU64,
+        derived: Option<Duration>,
+    ) {
         let weight = object.weight();
         match map.keys.get_mut(&key) {
             Some(p) => {
                 let old = p.object.weight();
                 p.object = object;
                 p.segment = segment;
+                let derived = p.derived;
                 map.bytes = map.bytes - old + weight;
+                if derived {
+                    map.derived_bytes = map.derived_bytes - old + weight;
+                }
                 coalesced.fetch_add(1, Ordering::Relaxed);
             }
             None => {
+                let now = Instant::now();
                 map.keys.insert(
                     key,
                     Pending {
                         object,
-                        since: Instant::now(),
+                        since: now,
                         segment,
                         attempts: 0,
-                        retry_at: None,
+                        retry_at: derived.map(|d| now + d),
+                        derived: derived.is_some(),
                     },
                 );
                 map.bytes += weight;
+                if derived.is_some() {
+                    map.derived_keys += 1;
+                    map.derived_bytes += weight;
+                }
             }
         }
     }
@@ -254,7 +296,12 @@ impl Dirty {
             .is_some_and(|p| p.object.version == version)
         {
             if let Some(p) = map.keys.remove(key) {
-                map.bytes -= p.object.weight();
+                let weight = p.object.weight();
+                map.bytes -= weight;
+                if p.derived {
+                    map.derived_keys -= 1;
+                    map.derived_bytes -= weight;
+                }
             }
         }
         drop(map);
@@ -328,6 +375,33 @@ mod tests {
         dirty.stored(&key, 3);
         assert!(dirty.is_empty());
         assert_eq!(dirty.backlog().bytes, 0);
+    }
+
+    #[test]
+    fn derived_objects_wait_their_delay_and_never_take_client_room() {
+        let d = Dirty::new(limits(1, 1 << 20));
+        let delay = Duration::from_secs(3600);
+        for i in 0..10 {
+            d.insert_derived(Key::parse(&format!("v/{i}")).unwrap(), obj(1, 10), 0, delay);
+        }
+        // Ten derived objects pending, yet a client write still fits...
+        assert!(d.try_insert(Key::parse("a/1").unwrap(), obj(1, 10), 0));
+        // ...and the bound (one key) holds for client writes.
+        assert!(!d.try_insert(Key::parse("a/2").unwrap(), obj(1, 10), 0));
+        // Only the client write is due; the derived ones wait their delay.
+        let due: Vec<String> = d
+            .due(false)
+            .into_iter()
+            .map(|(k, _, _)| k.to_string())
+            .collect();
+        assert_eq!(due, ["a/1"]);
+        assert_eq!(d.due(true).len(), 11, "a drain takes everything");
+        // Storing a derived object frees only derived room.
+        d.stored(&Key::parse("v/3").unwrap(), 1);
+        assert_eq!(d.len(), 10);
+        assert!(!d.try_insert(Key::parse("a/2").unwrap(), obj(1, 10), 0));
+        d.stored(&Key::parse("a/1").unwrap(), 1);
+        assert!(d.try_insert(Key::parse("a/2").unwrap(), obj(1, 10), 0));
     }
 
     #[test]

@@ -205,6 +205,7 @@ struct Shared {
     /// Largest object a write may produce.
     max_body_bytes: u32,
     check: Option<Check>,
+    derived_flush_delay: Duration,
     loads: AtomicU64,
 }
 
@@ -218,6 +219,8 @@ pub struct Options {
     pub max_body_bytes: u32,
     /// Checks every new version before it is applied.
     pub check: Option<Check>,
+    /// How long a derived object waits in the backlog before its first PUT.
+    pub derived_flush_delay: Duration,
 }
 
 /// The partitioned storage engine.
@@ -251,6 +254,7 @@ impl Engine {
             load_timeout: options.load_timeout,
             max_body_bytes: options.max_body_bytes,
             check: options.check,
+            derived_flush_delay: options.derived_flush_delay,
             loads: AtomicU64::new(0),
         });
         let parts = directories
@@ -620,7 +624,14 @@ impl Worker {
         // The flusher owns the write from here on; eviction cannot lose it.
         // Past the backlog's bounds nothing is changed and the client is
         // told to come back.
-        if !self
+        if write.durability == Durability::Derived {
+            self.shared.dirty.insert_derived(
+                key.clone(),
+                object.clone(),
+                segment,
+                self.shared.derived_flush_delay,
+            );
+        } else if !self
             .shared
             .dirty
             .try_insert(key.clone(), object.clone(), segment)
@@ -722,6 +733,7 @@ mod tests {
                 load_timeout: Duration::from_secs(5),
                 max_body_bytes: 1 << 20,
                 check: None,
+                derived_flush_delay: Duration::ZERO,
             },
         ));
         Rig {

@@ -309,6 +309,7 @@ async fn start(
             load_timeout: config.store_timeout(),
             max_body_bytes: config.max_body_bytes,
             check,
+            derived_flush_delay: Duration::from_millis(config.view_flush_delay_ms),
         },
     ));
     if inner.engine.set(engine.clone()).is_err() {

@@ -123,12 +123,19 @@ async fn events(o: &OriginProc) -> Result<()> {
     put_ok(o, "event/e3", ev("Jazz brunch", "music", "2026-12-01")).await
 }
 
-#[tokio::test]
-async fn every_view_kind_over_http() -> Result<()> {
+/// An origin with the demo model, two customers, two products, two orders,
+/// a venue, three users and three events.
+async fn demo_origin(extra: &[&str]) -> Result<(tempfile::TempDir, OriginProc)> {
     let dir = tempfile::tempdir()?;
-    let o = start(dir.path(), &[]).await?;
+    let o = start(dir.path(), extra).await?;
     purchase_orders(&o).await?;
     events(&o).await?;
+    Ok((dir, o))
+}
+
+#[tokio::test]
+async fn every_view_kind_over_http() -> Result<()> {
+    let (_dir, o) = demo_origin(&[]).await?;
     for (i, (author, rating)) in [("u1", 5), ("u2", 3), ("u1", 4)].iter().enumerate() {
         // The per-author sequence comes from the author's own counter.
         let (status, seq) = {
@@ -334,10 +341,7 @@ async fn renaming_a_product_updates_all_ten_thousand_order_pages() -> Result<()>
 
 #[tokio::test]
 async fn deletes_propagate_to_every_view() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let o = start(dir.path(), &[]).await?;
-    purchase_orders(&o).await?;
-    events(&o).await?;
+    let (_dir, o) = demo_origin(&[]).await?;
     put_ok(
         &o,
         "comment/e1/u1.1",
@@ -560,10 +564,7 @@ async fn footprint(
 
 #[tokio::test]
 async fn writes_that_break_the_model_get_422_and_change_nothing() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let o = start(dir.path(), &[]).await?;
-    purchase_orders(&o).await?;
-    events(&o).await?;
+    let (_dir, o) = demo_origin(&[]).await?;
     put_ok(
         &o,
         "comment/e1/u1.1",
@@ -725,11 +726,8 @@ async fn rolling_regeneration_repairs_lost_derivations() -> Result<()> {
 
 #[tokio::test]
 async fn views_are_rebuilt_from_logged_entities_after_a_crash() -> Result<()> {
-    let dir = tempfile::tempdir()?;
     // Nothing reaches the store: everything must come back from the log.
-    let o = start(dir.path(), &["--flush-interval-ms", "3600000"]).await?;
-    purchase_orders(&o).await?;
-    events(&o).await?;
+    let (dir, o) = demo_origin(&["--flush-interval-ms", "3600000"]).await?;
     put_ok(
         &o,
         "comment/e1/u1.1",
