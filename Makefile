@@ -54,9 +54,9 @@ e2e: edge
 	cargo build -p prefold-origin --locked
 	PREFOLD_EDGE_PREBUILT=1 cargo test -p prefold-e2e --locked
 
-## make bench: every benchmark, quick (under 10 minutes); make bench-full: the
-## long run whose results are committed. Both write bench/results/latest.md and
-## bench/results/storage.md.
+## make bench: every benchmark, quick (about 14 minutes); make bench-full: the
+## long run whose results are committed (about 40). Both write
+## bench/results/latest.md, storage.md and views.md.
 bench: bench-prep
 	cargo bench --locked -p prefold-bench --bench micro -- --warm-up-time 1 --measurement-time 2
 	PREFOLD_ORIGIN_BIN=$(CURDIR)/target/release/prefold-origin target/release/prefold-bench

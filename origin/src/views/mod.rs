@@ -590,22 +590,23 @@ impl Deriver {
         let stop = self.stop.clone();
         tokio::spawn(async move {
             let failed = account(&engine, &stats, &dirty, replies).await;
-            stats.pending.fetch_sub(1, Ordering::Relaxed);
-            if failed.is_empty() {
-                return;
-            }
-            // Retried after a pause (the backlog is full or the engine is
-            // stopping); the pause races shutdown.
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = stop.cancelled() => return,
-            }
-            for k in failed {
-                stats.pending.fetch_add(1, Ordering::Relaxed);
-                if tx.send(Msg::Render(k)).is_err() {
-                    stats.pending.fetch_sub(1, Ordering::Relaxed);
+            if !failed.is_empty() {
+                // Retried after a pause (the engine refused or is stopping);
+                // the pause races shutdown. The work stays pending all the
+                // while, so `settle` does not report stale views as done.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {
+                        for k in failed {
+                            stats.pending.fetch_add(1, Ordering::Relaxed);
+                            if tx.send(Msg::Render(k)).is_err() {
+                                stats.pending.fetch_sub(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    () = stop.cancelled() => {}
                 }
             }
+            stats.pending.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
