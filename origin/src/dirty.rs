@@ -17,7 +17,7 @@
 //! so that a burst of view changes (a fan-out to 100,000 pages) becomes one
 //! PUT per page later instead of competing with the burst.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;

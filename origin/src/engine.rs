@@ -91,7 +91,7 @@ pub struct Entry {
 }
 
 /// One partition's directory.
-pub type Directory = HashMap<Key, Entry>;
+pub type Directory = foldhash::HashMap<Key, Entry>;
 
 /// A write, as the API hands it to the engine.
 #[derive(Debug)]
@@ -765,7 +765,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_increments_lose_nothing() {
-        let r = rig(vec![Directory::new(); 4], 100);
+        let r = rig(vec![Directory::default(); 4], 100);
         let key = Key::parse("n/1").unwrap();
         let tasks: Vec<_> = (0..200)
             .map(|_| {
@@ -798,7 +798,7 @@ mod tests {
 
     #[tokio::test]
     async fn preconditions_and_tombstones() {
-        let r = rig(vec![Directory::new(); 2], 100);
+        let r = rig(vec![Directory::default(); 2], 100);
         let key = Key::parse("p/1").unwrap();
         let mut create = put(&key, "1");
         create.preconditions = Preconditions::parse(None, Some("*")).unwrap();
@@ -832,7 +832,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_backlog_bound_refuses_new_keys_and_changes_nothing() {
-        let r = rig(vec![Directory::new()], 2);
+        let r = rig(vec![Directory::default()], 2);
         let (a, b, c) = (
             Key::parse("o/a").unwrap(),
             Key::parse("o/b").unwrap(),
@@ -851,7 +851,7 @@ mod tests {
     #[tokio::test]
     async fn an_evicted_key_is_loaded_once_and_unknown_keys_never_are() {
         let key = Key::parse("e/1").unwrap();
-        let mut dir = Directory::new();
+        let mut dir = Directory::default();
         dir.insert(
             key.clone(),
             Entry {

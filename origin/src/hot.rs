@@ -27,7 +27,7 @@ pub type Slot = Option<Arc<Object>>;
 
 /// The in-memory tier of one origin.
 pub struct HotTier {
-    cache: Cache<Key, Slot>,
+    cache: Cache<Key, Slot, foldhash::fast::RandomState>,
     evictions: Arc<AtomicU64>,
 }
 
@@ -48,7 +48,7 @@ impl HotTier {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
             })
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         HotTier { cache, evictions }
     }
 

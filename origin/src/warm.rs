@@ -80,7 +80,7 @@ pub async fn warm(
     progress: &AtomicU64,
 ) -> Result<Warmed, StoreError> {
     let started = Instant::now();
-    let mut directories = vec![Directory::new(); partitions.max(1)];
+    let mut directories = vec![Directory::default(); partitions.max(1)];
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new_spinner();
         bar.set_style(

@@ -21,7 +21,9 @@
 //! [`super`] feeds it, and the property test compares it with a from-scratch
 //! recomputation.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::ops::Bound;
 use std::sync::Arc;
 
