@@ -573,13 +573,7 @@ impl Deriver {
         }
         let items: Vec<(Key, Option<Bytes>)> = dirty
             .keys()
-            .map(|k| {
-                let body = self
-                    .state
-                    .render(k, false)
-                    .map(|v| Bytes::from(v.to_string()));
-                (k.clone(), body)
-            })
+            .map(|k| (k.clone(), self.state.render_bytes(k).map(Bytes::from)))
             .collect();
         let replies = self.engine.publish(items).await;
         // The collection counts as pending work, so `settle` waits for it.

@@ -591,11 +591,7 @@ impl ViewState {
                 }
                 // A referenced entity belongs while the view's own entity
                 // points at it.
-                let own_key = Key::parse(&format!("{from_kind}/{target_id}")).ok()?;
-                let t = self.targets.get(target)?;
-                let Contribution::Own { refs, .. } = &t.members.get(&own_key)?.data else {
-                    return None;
-                };
+                let (_, refs) = own(self.targets.get(target)?)?;
                 let mut fields: Vec<String> = Vec::new();
                 for (emb, r) in e.embed.iter().zip(refs) {
                     if r.as_ref() == Some(source) {
@@ -793,6 +789,57 @@ impl ViewState {
         changed
     }
 
+    /// The bytes a target publishes (`None`: the target is empty). Embed
+    /// views, the fan-out's hot path, are written straight to bytes; the
+    /// others are rendered as JSON values first.
+    pub fn render_bytes(&self, target: &Key) -> Option<Vec<u8>> {
+        let view = self.model.view(target.kind())?;
+        let ViewKind::Embed(e) = &view.kind else {
+            return serde_json::to_vec(&self.render(target, false)?).ok();
+        };
+        let t = self.targets.get(target)?;
+        let (fields, refs) = own(t)?;
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"id\":");
+        serde_json::to_writer(&mut out, id_of(target)).ok()?;
+        for (k, v) in fields {
+            out.push(b',');
+            serde_json::to_writer(&mut out, k).ok()?;
+            out.push(b':');
+            serde_json::to_writer(&mut out, v).ok()?;
+        }
+        for (emb, r) in e.embed.iter().zip(refs) {
+            out.push(b',');
+            serde_json::to_writer(&mut out, &emb.field).ok()?;
+            out.push(b':');
+            let member = r.as_ref().and_then(|k| Some((k, t.members.get(k)?)));
+            match member {
+                Some((
+                    k,
+                    Member {
+                        data: Contribution::Embedded(f),
+                        ..
+                    },
+                )) => {
+                    out.extend_from_slice(b"{\"id\":");
+                    serde_json::to_writer(&mut out, id_of(k)).ok()?;
+                    for field in &emb.fields {
+                        if let Some(v) = f.get(field) {
+                            out.push(b',');
+                            serde_json::to_writer(&mut out, field).ok()?;
+                            out.push(b':');
+                            serde_json::to_writer(&mut out, v).ok()?;
+                        }
+                    }
+                    out.push(b'}');
+                }
+                _ => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b'}');
+        Some(out)
+    }
+
     /// The object a target publishes: its whole state for small views, the
     /// first page for lists (`None`: the target is empty and its object is
     /// deleted). `full` renders every item (used by tests to compare state).
@@ -802,10 +849,7 @@ impl ViewState {
         let id = id_of(target);
         match &view.kind {
             ViewKind::Embed(e) => {
-                let own_key = Key::parse(&format!("{}/{id}", e.from)).ok()?;
-                let Contribution::Own { fields, refs } = &t.members.get(&own_key)?.data else {
-                    return None;
-                };
+                let (fields, refs) = own(t)?;
                 let mut out = Map::new();
                 out.insert("id".into(), json!(id));
                 out.extend(fields.clone());
@@ -1127,6 +1171,18 @@ fn expand(vocab: &Vocab, term: &str, last: bool) -> Vec<String> {
     }
     out.truncate(MAX_EXPANSIONS);
     out
+}
+
+/// An embed target's own entity's fields and its references.
+type OwnParts<'a> = (&'a Map<String, Value>, &'a Vec<Option<Key>>);
+
+/// An embed target's own entity's fields and references. Only the entity
+/// the view is made from contributes `Own`, so there is at most one.
+fn own(t: &Target) -> Option<OwnParts<'_>> {
+    t.members.values().find_map(|m| match &m.data {
+        Contribution::Own { fields, refs } => Some((fields, refs)),
+        _ => None,
+    })
 }
 
 fn item(t: &Target, s: &SortKey) -> Value {

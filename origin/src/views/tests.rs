@@ -116,19 +116,33 @@ impl World {
         self.run(m);
     }
 
+    /// The published object, parsed (and equal to the rendering).
     fn view(&self, k: &str) -> Option<Value> {
-        self.state.render(&key(k), false)
+        let bytes = self.state.render_bytes(&key(k));
+        let published: Option<Value> = bytes.map(|b| serde_json::from_slice(&b).expect("JSON"));
+        assert_eq!(published, self.state.render(&key(k), false), "{k}");
+        published
     }
 
     fn page(&self, k: &str, q: PageQuery) -> Value {
         self.state.page(&key(k), &q).unwrap()
     }
 
-    /// Every target's full rendering.
+    /// Every target's full rendering. Also checks that the published bytes
+    /// say what the rendering says.
     fn snapshot(&self) -> BTreeMap<String, Value> {
         self.state
             .target_keys()
-            .filter_map(|k| Some((k.to_string(), self.state.render(k, true)?)))
+            .filter_map(|k| {
+                let bytes = self.state.render_bytes(k)?;
+                let published: Value = serde_json::from_slice(&bytes).expect("published JSON");
+                assert_eq!(
+                    Some(&published),
+                    self.state.render(k, false).as_ref(),
+                    "{k}"
+                );
+                Some((k.to_string(), self.state.render(k, true)?))
+            })
             .collect()
     }
 
