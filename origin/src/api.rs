@@ -421,7 +421,7 @@ async fn view_query(
 ) -> Result<Response, ApiError> {
     // Refuse before asking the engine anything.
     state.engine()?;
-    let p: ViewParams = serde_urlencoded_params(query)?;
+    let p: ViewParams = query_params(query)?;
     let q = match kind {
         ViewKind::Text(_) if key.routing_part() == "_search" => {
             if p.after.is_some()
@@ -490,7 +490,7 @@ async fn view_query(
     Ok(resp)
 }
 
-fn serde_urlencoded_params<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+fn query_params<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     let uri: Uri = format!("/?{query}")
         .parse()
         .map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
