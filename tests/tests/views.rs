@@ -766,3 +766,53 @@ async fn views_are_rebuilt_from_logged_entities_after_a_crash() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn views_evicted_from_a_small_hot_tier_are_loaded_and_updated() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A hot tier far smaller than the data, and views stored at once, so
+    // that many pages are evicted *and* stored: the publication has to load
+    // them back (the slow path) before it can rewrite them.
+    let o = start(
+        dir.path(),
+        &["--cache-bytes", "200000", "--view-flush-delay-ms", "0"],
+    )
+    .await?;
+    put_ok(&o, "customer/c1", json!({"name": "Ada", "country": "GB"})).await?;
+    put_ok(&o, "product/p0", json!({"code": "A1", "name": "Widget"})).await?;
+    const N: usize = 2_000;
+    for i in 0..N {
+        put_ok(
+            &o,
+            &format!("order/o{i}"),
+            json!({"customer": "c1", "product": "p0", "date": "2026-12-01"}),
+        )
+        .await?;
+    }
+    settle(&o).await?;
+    poll("the backlog to drain", Duration::from_secs(60), || async {
+        (o.metric("prefold_backlog_keys").await.ok()? == 0.0).then_some(())
+    })
+    .await?;
+    ensure!(
+        o.metric("prefold_hot_evictions_total").await? > 0.0,
+        "nothing was evicted"
+    );
+    let loads = o.metric("prefold_store_loads_total").await?;
+
+    ensure!(patch(&o, "product/p0", json!({"name": "Gadget"})).await?.0 == 200);
+    settle(&o).await?;
+    ensure!(
+        o.metric("prefold_store_loads_total").await? > loads,
+        "no evicted page was loaded back"
+    );
+    ensure!(o.metric("prefold_view_publish_failures_total").await? == 0.0);
+    for i in 0..N {
+        let page = get_ok(&o, &format!("order_page/o{i}")).await?;
+        ensure!(
+            page["product"]["name"] == "Gadget",
+            "order_page/o{i}: {page}"
+        );
+    }
+    Ok(())
+}
