@@ -13,6 +13,23 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::load::Sample;
+
+/// Reads `{stem}.json` from `dir` (a report written by [`save`]).
+pub fn load_json<T: serde::de::DeserializeOwned>(dir: &Path, stem: &str) -> Result<T> {
+    Ok(serde_json::from_slice(&std::fs::read(
+        dir.join(format!("{stem}.json")),
+    )?)?)
+}
+
+/// Writes a report as `{stem}.json` (every sample) and `{stem}.md`.
+pub fn save(dir: &Path, stem: &str, report: &impl Serialize, markdown: &str) -> Result<()> {
+    std::fs::write(
+        dir.join(format!("{stem}.json")),
+        serde_json::to_vec_pretty(report)?,
+    )?;
+    std::fs::write(dir.join(format!("{stem}.md")), markdown)?;
+    Ok(())
+}
 use crate::{SIZES, TARGETS};
 
 /// One read-benchmark run.
@@ -272,19 +289,15 @@ impl Report {
 
     /// Reads a report written by [`Report::write`].
     pub fn load(dir: &Path) -> Result<Report> {
-        Ok(serde_json::from_slice(&std::fs::read(
-            dir.join("latest.json"),
-        )?)?)
+        load_json(dir, "latest")
     }
 
     /// Writes `latest.md`, `latest.json` and the plots into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::write(dir.join("latest.json"), serde_json::to_vec_pretty(self)?)?;
         if !self.read.is_empty() {
             self.plot_ratios(&dir.join("read_vs_nginx.svg"))?;
         }
-        std::fs::write(dir.join("latest.md"), self.markdown())?;
-        Ok(())
+        save(dir, "latest", self, &self.markdown())
     }
 
     fn markdown(&self) -> String {

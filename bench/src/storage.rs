@@ -33,7 +33,7 @@ use prefold_e2e::{OriginProc, S3Server};
 use serde::{Deserialize, Serialize};
 
 use crate::load::{Run, Sample, Server};
-use crate::report::{command_line, machine, machine_table, median};
+use crate::report::{command_line, load_json, machine, machine_table, median, save};
 use crate::{json_of_size, run_wrk, THREADS};
 
 /// The anchor of the write benchmark.
@@ -874,16 +874,12 @@ impl StorageReport {
 
     /// Reads a report written by [`StorageReport::write`].
     pub fn load(dir: &Path) -> Result<StorageReport> {
-        Ok(serde_json::from_slice(&std::fs::read(
-            dir.join("storage.json"),
-        )?)?)
+        load_json(dir, "storage")
     }
 
     /// Writes `storage.md` and `storage.json` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::write(dir.join("storage.json"), serde_json::to_vec_pretty(self)?)?;
-        std::fs::write(dir.join("storage.md"), self.markdown())?;
-        Ok(())
+        save(dir, "storage", self, &self.markdown())
     }
 
     fn goals(&self) -> Vec<String> {

@@ -41,7 +41,7 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::report::{machine, machine_table, median};
+use crate::report::{load_json, machine, machine_table, median, save};
 
 /// The seed of every demo data set here.
 const SEED: u64 = 1;
@@ -166,14 +166,7 @@ impl Http {
             .error_for_status()?
             .text()
             .await?;
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_owned(), value.parse().ok()?))
-            })
-            .collect())
+        Ok(prefold_e2e::parse_metrics(&text))
     }
 
     /// The object at `key` as JSON, `None` when 404.
@@ -1769,16 +1762,12 @@ impl ViewsReport {
 
     /// Reads a report written by [`ViewsReport::write`].
     pub fn load(dir: &Path) -> Result<ViewsReport> {
-        Ok(serde_json::from_slice(&std::fs::read(
-            dir.join("views.json"),
-        )?)?)
+        load_json(dir, "views")
     }
 
     /// Writes `views.md` and `views.json` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::write(dir.join("views.json"), serde_json::to_vec_pretty(self)?)?;
-        std::fs::write(dir.join("views.md"), self.markdown())?;
-        Ok(())
+        save(dir, "views", self, &self.markdown())
     }
 
     fn goals(&self) -> Vec<String> {

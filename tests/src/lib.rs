@@ -85,14 +85,19 @@ pub async fn scrape_metrics(base_url: &str) -> Result<HashMap<String, f64>> {
         .await?
         .text()
         .await?;
-    Ok(text
-        .lines()
+    Ok(parse_metrics(&text))
+}
+
+/// Prometheus text as `name{labels}` → value (comments and unparsable
+/// lines skipped).
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;
             Some((name.to_owned(), value.parse().ok()?))
         })
-        .collect())
+        .collect()
 }
 
 /// Polls `url` until it answers 2xx, for at most `timeout`.
