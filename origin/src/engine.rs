@@ -521,16 +521,8 @@ impl Worker {
                 let _ = reply.send(Ok(current.clone()));
                 current
             }
-            Command::Keys(reply) => {
-                let _ = reply.send(
-                    self.directory
-                        .iter()
-                        .map(|(k, e)| (k.clone(), *e))
-                        .collect(),
-                );
-                current
-            }
-            Command::Publish(..) => current,
+            // Answered by `handle` before any key is looked up.
+            Command::Keys(_) | Command::Publish(..) => current,
             Command::Write(write, reply) => match self.apply(write, &current).await {
                 Ok((applied, durable)) => {
                     let next = Some(applied.object.clone());
@@ -558,20 +550,8 @@ impl Worker {
             },
         };
         let live = current.as_deref().and_then(Object::live);
-        let op = match (body, live) {
-            (Some(b), Some(cur)) if cur.body == b => return Published::Unchanged(key),
-            (Some(body), _) => Op::Put {
-                content_type: "application/json".into(),
-                body,
-            },
-            (None, Some(_)) => Op::Delete,
-            (None, None) => return Published::Unchanged(key),
-        };
-        let write = Write {
-            key: key.clone(),
-            op,
-            preconditions: Preconditions::default(),
-            durability: Durability::Derived,
+        let Some(write) = derived_write(&key, body, live) else {
+            return Published::Unchanged(key);
         };
         match self.apply(write, &current).await {
             Ok(_) => Published::Written(key),
@@ -670,6 +650,26 @@ impl Worker {
             durable,
         ))
     }
+}
+
+/// The write that makes a derived object's current live version
+/// (`live`) into `body` (`None`: deleted), or `None` when it already is.
+pub fn derived_write(key: &Key, body: Option<Bytes>, live: Option<&Object>) -> Option<Write> {
+    let op = match (body, live) {
+        (Some(b), Some(cur)) if cur.body == b => return None,
+        (Some(body), _) => Op::Put {
+            content_type: "application/json".into(),
+            body,
+        },
+        (None, Some(_)) => Op::Delete,
+        (None, None) => return None,
+    };
+    Some(Write {
+        key: key.clone(),
+        op,
+        preconditions: Preconditions::default(),
+        durability: Durability::Derived,
+    })
 }
 
 /// A new version: the clock in microseconds, or one more than the previous

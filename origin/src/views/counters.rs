@@ -73,6 +73,11 @@ impl Counters {
     /// Adds `by` to a counter (`key` must name a counter view).
     pub fn add(&self, key: &Key, by: i64) {
         self.increments.fetch_add(1, Ordering::Relaxed);
+        self.pend(key, by);
+    }
+
+    /// Adds to a counter's unpublished sum.
+    fn pend(&self, key: &Key, by: i64) {
         let shard = self.shard(key);
         if let Ok(map) = shard.read() {
             if let Some(c) = map.get(key) {
@@ -148,8 +153,7 @@ impl Counters {
                     Err(e) => {
                         // Put back, to be published next period.
                         tracing::warn!(%key, error = %e, "publishing a counter failed");
-                        self.add(&key, n);
-                        self.increments.fetch_sub(1, Ordering::Relaxed);
+                        self.pend(&key, n);
                     }
                 }
             }

@@ -38,15 +38,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use prefold_core::{Key, Model, Preconditions};
+use prefold_core::{Key, Model};
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Durability, Engine, Published, Write};
+use crate::engine::{derived_write, Engine, Published};
 use crate::error::EngineError;
-use crate::ops::Op;
 pub use counters::Counters;
 pub use state::{Derivation, PageQuery, QueryError, Source, ViewState};
 
@@ -163,10 +162,16 @@ struct Local {
 
 impl Courier for Local {
     fn deliver(&self, d: Derivation, at: Instant) {
-        self.stats.pending.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Msg::Derive(d, at)).is_err() {
-            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
-        }
+        send_counted(&self.tx, &self.stats, Msg::Derive(d, at));
+    }
+}
+
+/// Queues a message for the deriver, counted as pending until handled
+/// (`settle` waits for the count to reach zero).
+fn send_counted(tx: &mpsc::UnboundedSender<Msg>, stats: &ViewStats, msg: Msg) {
+    stats.pending.fetch_add(1, Ordering::Relaxed);
+    if tx.send(msg).is_err() {
+        stats.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -215,10 +220,7 @@ impl Views {
     }
 
     fn send(&self, msg: Msg) {
-        self.stats.pending.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(msg).is_err() {
-            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
-        }
+        send_counted(&self.tx, &self.stats, msg);
     }
 
     /// Tells the view engine that an entity was written (version `version`).
@@ -591,10 +593,7 @@ impl Deriver {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {
                         for k in failed {
-                            stats.pending.fetch_add(1, Ordering::Relaxed);
-                            if tx.send(Msg::Render(k)).is_err() {
-                                stats.pending.fetch_sub(1, Ordering::Relaxed);
-                            }
+                            send_counted(&tx, &stats, Msg::Render(k));
                         }
                     }
                     () = stop.cancelled() => {}
@@ -661,24 +660,10 @@ async fn account(
 /// Publishes one derived object; returns whether anything was written.
 async fn publish_one(engine: &Engine, key: &Key, body: Option<Bytes>) -> Result<bool, EngineError> {
     let current = engine.read(key).await?;
-    let op = match (body, current) {
-        (Some(b), Some(cur)) if cur.body == b => return Ok(false),
-        (Some(body), _) => Op::Put {
-            content_type: "application/json".into(),
-            body,
-        },
-        (None, Some(_)) => Op::Delete,
-        (None, None) => return Ok(false),
+    let Some(write) = derived_write(key, body, current.as_deref()) else {
+        return Ok(false);
     };
-    match engine
-        .write(Write {
-            key: key.clone(),
-            op,
-            preconditions: Preconditions::default(),
-            durability: Durability::Derived,
-        })
-        .await
-    {
+    match engine.write(write).await {
         Ok(_) => Ok(true),
         // Deleted meanwhile: nothing to delete.
         Err(EngineError::NotFound) => Ok(false),

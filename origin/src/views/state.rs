@@ -848,35 +848,8 @@ impl ViewState {
         let t = self.targets.get(target)?;
         let id = id_of(target);
         match &view.kind {
-            ViewKind::Embed(e) => {
-                let (fields, refs) = own(t)?;
-                let mut out = Map::new();
-                out.insert("id".into(), json!(id));
-                out.extend(fields.clone());
-                for (emb, r) in e.embed.iter().zip(refs) {
-                    let value = match r.as_ref().and_then(|k| t.members.get(k).map(|m| (k, m))) {
-                        Some((
-                            k,
-                            Member {
-                                data: Contribution::Embedded(f),
-                                ..
-                            },
-                        )) => {
-                            let mut m = Map::new();
-                            m.insert("id".into(), json!(id_of(k)));
-                            for field in &emb.fields {
-                                if let Some(v) = f.get(field) {
-                                    m.insert(field.clone(), v.clone());
-                                }
-                            }
-                            Value::Object(m)
-                        }
-                        _ => Value::Null,
-                    };
-                    out.insert(emb.field.clone(), value);
-                }
-                Some(Value::Object(out))
-            }
+            // One renderer for embed views: the bytes they publish.
+            ViewKind::Embed(_) => serde_json::from_slice(&self.render_bytes(target)?).ok(),
             ViewKind::List(l) => Some(self.first_page(t, "id", id, l.page_size, full)),
             ViewKind::Index(ix) => Some(self.first_page(t, "id", id, ix.page_size, full)),
             ViewKind::Text(tx) => Some(self.first_page(t, "word", id, tx.page_size, full)),
