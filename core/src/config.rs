@@ -16,10 +16,24 @@ pub const VAR_ORIGIN_TIMEOUT_MS: &str = "PREFOLD_ORIGIN_TIMEOUT_MS";
 /// Largest accepted request body, in bytes.
 pub const VAR_MAX_BODY_BYTES: &str = "PREFOLD_MAX_BODY_BYTES";
 
+/// Seconds a client's read-your-writes fence lasts after its write (see
+/// [`crate::fence`]): longer than a push takes plus KV's propagation.
+pub const VAR_RYW_SECS: &str = "PREFOLD_RYW_SECS";
+/// Seconds browsers and CDNs may serve a copy while they revalidate it.
+pub const VAR_STALE_WHILE_REVALIDATE_SECS: &str = "PREFOLD_STALE_WHILE_REVALIDATE_SECS";
+/// Seconds browsers and CDNs may serve a copy when revalidation fails.
+pub const VAR_STALE_IF_ERROR_SECS: &str = "PREFOLD_STALE_IF_ERROR_SECS";
+
 /// Default origin timeout.
 pub const DEFAULT_ORIGIN_TIMEOUT_MS: u32 = 5_000;
 /// Default body limit: 1 MiB (Workers KV itself allows 25 MiB values).
 pub const DEFAULT_MAX_BODY_BYTES: u32 = 1 << 20;
+/// Default fence lifetime: KV can take 60 s to show a write everywhere.
+pub const DEFAULT_RYW_SECS: u32 = 90;
+/// Default `stale-while-revalidate`.
+pub const DEFAULT_STALE_WHILE_REVALIDATE_SECS: u32 = 10;
+/// Default `stale-if-error`: a day.
+pub const DEFAULT_STALE_IF_ERROR_SECS: u32 = 86_400;
 /// Hard ceiling on the body limit: the Workers KV value limit.
 pub const MAX_BODY_BYTES_CEILING: u32 = 25 * 1024 * 1024;
 
@@ -39,6 +53,9 @@ pub enum ConfigError {
         /// What is expected.
         reason: &'static str,
     },
+    /// A secret that is too short (the value is never shown).
+    #[error("{0}")]
+    Secret(String),
     /// The origin list is unusable.
     #[error("{VAR_ORIGINS}: {0}")]
     Origins(#[from] RoutingError),
@@ -53,6 +70,12 @@ pub struct EdgeConfig {
     pub origin_timeout_ms: u32,
     /// Largest body forwarded on a write.
     pub max_body_bytes: u32,
+    /// Read-your-writes fence lifetime, seconds.
+    pub ryw_secs: u32,
+    /// `stale-while-revalidate`, seconds.
+    pub stale_while_revalidate_secs: u32,
+    /// `stale-if-error`, seconds.
+    pub stale_if_error_secs: u32,
 }
 
 impl EdgeConfig {
@@ -73,6 +96,24 @@ impl EdgeConfig {
                 lookup(VAR_MAX_BODY_BYTES),
                 DEFAULT_MAX_BODY_BYTES,
                 1..=MAX_BODY_BYTES_CEILING,
+            )?,
+            ryw_secs: parse_u32(
+                VAR_RYW_SECS,
+                lookup(VAR_RYW_SECS),
+                DEFAULT_RYW_SECS,
+                0..=86_400,
+            )?,
+            stale_while_revalidate_secs: parse_u32(
+                VAR_STALE_WHILE_REVALIDATE_SECS,
+                lookup(VAR_STALE_WHILE_REVALIDATE_SECS),
+                DEFAULT_STALE_WHILE_REVALIDATE_SECS,
+                0..=31_536_000,
+            )?,
+            stale_if_error_secs: parse_u32(
+                VAR_STALE_IF_ERROR_SECS,
+                lookup(VAR_STALE_IF_ERROR_SECS),
+                DEFAULT_STALE_IF_ERROR_SECS,
+                0..=31_536_000,
             )?,
         })
     }

@@ -22,6 +22,12 @@ pub const SOURCE_HEADER: &str = "x-prefold-source";
 /// (`memory`, `log`, `store`).
 pub const DURABILITY_HEADER: &str = "x-prefold-durability";
 /// The media type of a JSON merge patch (RFC 7386).
+/// Marks an answer the edge served from its KV copy because no origin
+/// could answer (`origin-unavailable`).
+pub const STALE_HEADER: &str = "x-prefold-stale";
+/// Sent by the edge to a non-owner origin when the owner failed: serve this
+/// read from the store (cluster token required).
+pub const FAILOVER_HEADER: &str = "x-prefold-failover";
 pub const MERGE_PATCH_CONTENT_TYPE: &str = "application/merge-patch+json";
 
 /// The strong ETag of an object version.
@@ -208,6 +214,11 @@ pub enum ProblemKind {
     /// The write is well-formed but breaks the model: a field of the wrong
     /// type, an undeclared field, a dangling reference (422).
     ModelViolation,
+    /// No valid bearer token: missing, malformed, wrongly signed or expired
+    /// (401).
+    Unauthorized,
+    /// A valid token whose scope does not cover the request (403).
+    Forbidden,
 }
 
 impl ProblemKind {
@@ -231,6 +242,8 @@ impl ProblemKind {
             ProblemKind::StoreTimeout => 504,
             ProblemKind::StoreUnavailable => 503,
             ProblemKind::ModelViolation => 422,
+            ProblemKind::Unauthorized => 401,
+            ProblemKind::Forbidden => 403,
         }
     }
 
@@ -256,6 +269,8 @@ impl ProblemKind {
             ProblemKind::OriginUnavailable => "origin-unavailable",
             ProblemKind::NotReady => "not-ready",
             ProblemKind::ModelViolation => "model-violation",
+            ProblemKind::Unauthorized => "unauthorized",
+            ProblemKind::Forbidden => "forbidden",
         }
     }
 
@@ -281,6 +296,8 @@ impl ProblemKind {
             ProblemKind::OriginUnavailable => "Origin unavailable",
             ProblemKind::NotReady => "Not ready",
             ProblemKind::ModelViolation => "The write breaks the model",
+            ProblemKind::Unauthorized => "Authentication required",
+            ProblemKind::Forbidden => "Not allowed by the token's scope",
         }
     }
 }

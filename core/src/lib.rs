@@ -11,6 +11,9 @@
 //! committed golden vectors on both targets (`testdata/routing-v1.json`).
 //!
 //! Layout:
+//! - [`auth`]: bearer tokens (HS256 JWTs) for writes and cluster calls;
+//! - [`publish`]: the publication wire format, KV metadata and its rules;
+//! - [`fence`]: read-your-writes fences carried by a client;
 //! - [`key`]: the key grammar and its validation (the only place keys are checked);
 //! - [`routing`]: rendezvous hashing of a key's routing part over the origin list;
 //! - [`envelope`]: the versioned on-store record of one object;
@@ -18,11 +21,14 @@
 //! - [`http`]: ETags, `If-None-Match`, media types and RFC 9457 problem bodies;
 //! - [`model`]: the declared entities and views, and checks of entity documents.
 
+pub mod auth;
 pub mod config;
 pub mod envelope;
+pub mod fence;
 pub mod http;
 pub mod key;
 pub mod model;
+pub mod publish;
 pub mod routing;
 
 pub use config::{ConfigError, EdgeConfig};
