@@ -21,13 +21,13 @@ pub const SOURCE_HEADER: &str = "x-prefold-source";
 /// The request and response header naming a write's durability
 /// (`memory`, `log`, `store`).
 pub const DURABILITY_HEADER: &str = "x-prefold-durability";
-/// The media type of a JSON merge patch (RFC 7386).
 /// Marks an answer the edge served from its KV copy because no origin
 /// could answer (`origin-unavailable`).
 pub const STALE_HEADER: &str = "x-prefold-stale";
 /// Sent by the edge to a non-owner origin when the owner failed: serve this
 /// read from the store (cluster token required).
 pub const FAILOVER_HEADER: &str = "x-prefold-failover";
+/// The media type of a JSON merge patch (RFC 7386).
 pub const MERGE_PATCH_CONTENT_TYPE: &str = "application/merge-patch+json";
 
 /// The strong ETag of an object version.
