@@ -807,13 +807,22 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// `progress`, a progress bar is drawn on stderr.
 pub async fn load(
     base: &str,
+    token: Option<&str>,
     waves: Vec<Wave>,
     concurrency: usize,
     progress: bool,
 ) -> anyhow::Result<LoadStats> {
     let base = base.trim_end_matches('/');
     let concurrency = concurrency.max(1);
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .context("the token is not a valid header value")?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(concurrency)
         .timeout(REQUEST_TIMEOUT)
         .build()
@@ -1357,7 +1366,7 @@ mod tests {
     async fn load_writes_wave_after_wave_and_retries_503() {
         let (base, log) = fake_origin(&["user/u1", "comment/e1/u1.1", "order/o2"], "").await;
         let scale = Scale::new(1);
-        let stats = load(&base, demo(&scale, 1), 16, false).await.unwrap();
+        let stats = load(&base, None, demo(&scale, 1), 16, false).await.unwrap();
         assert_eq!(stats.objects, scale.counts().total() as u64);
         assert_eq!(stats.waves, 3);
         let log = log.lock().unwrap().clone();
@@ -1385,7 +1394,7 @@ mod tests {
     #[tokio::test]
     async fn load_fails_with_key_status_and_body() {
         let (base, log) = fake_origin(&[], "order/o3").await;
-        let err = load(&base, one_product_orders(10), 4, false)
+        let err = load(&base, None, one_product_orders(10), 4, false)
             .await
             .unwrap_err();
         let message = format!("{err:#}");
@@ -1394,7 +1403,7 @@ mod tests {
         assert!(message.contains("dangling ref"), "{message}");
         assert!(log.lock().unwrap().len() < 16);
         // Nothing listening: the error names the URL.
-        let err = load("http://127.0.0.1:9", one_product_orders(1), 1, false)
+        let err = load("http://127.0.0.1:9", None, one_product_orders(1), 1, false)
             .await
             .unwrap_err();
         assert!(format!("{err:#}").contains("product/p0"), "{err:#}");

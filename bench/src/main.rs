@@ -173,7 +173,13 @@ async fn read_path(mode: &Mode, work: &Path) -> Result<Vec<ReadRow>> {
 
     let origin = OriginProc::start(
         &work.join("origin"),
-        &["--store", "memory", "--max-body-bytes", "2000000"],
+        &[
+            "--store",
+            "memory",
+            "--max-body-bytes",
+            "2000000",
+            "--open-writes",
+        ],
     )
     .await?;
     for (size, _) in SIZES {
@@ -234,7 +240,11 @@ async fn read_path(mode: &Mode, work: &Path) -> Result<Vec<ReadRow>> {
 }
 
 async fn edge_path(mode: &Mode, work: &Path) -> Result<Vec<EdgeRow>> {
-    let origin = OriginProc::start(&work.join("edge-origin"), &["--store", "memory"]).await?;
+    let origin = OriginProc::start(
+        &work.join("edge-origin"),
+        &["--store", "memory", "--open-writes"],
+    )
+    .await?;
     let body = json_of_size(1024);
     put(&format!("{}/o/bench/hit", origin.url()), body.clone()).await?;
     // Distinct keys for the miss runs, a fresh range per repetition.

@@ -371,7 +371,12 @@ async fn writes(plan: &Plan, work: &Path, store: &str) -> Result<Vec<WriteRow>> 
         None
     };
     let env = s3.as_ref().map(S3Server::env).unwrap_or_default();
-    let origin = OriginProc::start_env(&work.join("origin"), &["--store", store], &env).await?;
+    let origin = OriginProc::start_env(
+        &work.join("origin"),
+        &["--store", store, "--open-writes"],
+        &env,
+    )
+    .await?;
     let wt_dir = work.join("writethrough-store");
     let wt_dir_s = wt_dir.to_string_lossy().into_owned();
     let mut wt_args = vec!["--listen", "127.0.0.1:0", "--store", store];
@@ -517,6 +522,7 @@ async fn coalescing(plan: &Plan, work: &Path) -> Result<Coalescing> {
     let origin = OriginProc::start(
         work,
         &[
+            "--open-writes",
             "--store",
             "fs",
             "--flush-interval-ms",
@@ -674,6 +680,7 @@ async fn spawn_origin(data: &Path) -> Result<(Server, Duration)> {
             "fs",
             "--cache-bytes",
             &cache,
+            "--open-writes",
         ],
         &[("PREFOLD_LOG".to_owned(), "info".to_owned())],
         Some(&log),

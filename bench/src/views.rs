@@ -278,7 +278,7 @@ fn model_path() -> String {
 /// Starts a release origin with the demo model on a filesystem store.
 async fn start_origin(dir: &Path, extra: &[&str]) -> Result<(OriginProc, Http)> {
     let model = model_path();
-    let mut args = vec!["--store", "fs", "--model", &model];
+    let mut args = vec!["--store", "fs", "--model", &model, "--open-writes"];
     args.extend_from_slice(extra);
     let origin = OriginProc::start(dir, &args).await?;
     let http = Http::new(origin.url())?;
@@ -289,7 +289,7 @@ async fn start_origin(dir: &Path, extra: &[&str]) -> Result<(OriginProc, Http)> 
 async fn load(origin: &OriginProc, http: &Http, waves: Vec<gen::Wave>) -> Result<LoadRow> {
     let objects = waves.iter().map(ExactSizeIterator::len).sum::<usize>() as u64;
     let t = Instant::now();
-    let stats = gen::load(&http.base, waves, CONCURRENCY, false)
+    let stats = gen::load(&http.base, None, waves, CONCURRENCY, false)
         .await
         .with_context(|| origin.log_tail())?;
     let load_ms = t.elapsed().as_millis() as u64;

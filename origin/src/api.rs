@@ -2,8 +2,14 @@
 //!
 //! Routes: `GET|HEAD|PUT|PATCH|DELETE|POST /o/{key}` (views at
 //! `/o/{view}/{id}`, with query parameters for pages, ranges, text queries
-//! and set membership), `GET /healthz`,
-//! `GET /readyz`, `GET /metrics`. Every error is an RFC 9457 problem body
+//! and set membership), `GET /_prefold/changes` (the change feed, for the
+//! edge), `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//!
+//! Writes need a bearer token whose scope covers the key
+//! ([`prefold_core::auth`]), unless the origin runs with `--open-writes`.
+//! The cluster's own calls — the change feed, and a read another origin's
+//! failure sent here (`x-prefold-failover`), answered from the store — need
+//! a token signed with the cluster secret. Every error is an RFC 9457 problem body
 //! built from the shared catalogue in `prefold_core::http`; internal errors
 //! are logged in full and answered with a bare 500, so nothing internal leaks
 //! into a response.
@@ -29,10 +35,12 @@ use axum::routing::{get, MethodRouter};
 use axum::Router;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use prefold_core::auth::{authorize_cluster, authorize_write, AuthError};
 use prefold_core::http::{
-    check_json, if_none_match, is_json_media_type, DURABILITY_HEADER, MERGE_PATCH_CONTENT_TYPE,
-    OWNER_HEADER, PROBLEM_CONTENT_TYPE, VERSION_HEADER,
+    check_json, if_none_match, is_json_media_type, DURABILITY_HEADER, FAILOVER_HEADER,
+    MERGE_PATCH_CONTENT_TYPE, OWNER_HEADER, PROBLEM_CONTENT_TYPE, SOURCE_HEADER, VERSION_HEADER,
 };
+use prefold_core::publish::{BatchWriter, CHANGES_PATH, MAX_BATCH_BYTES, MAX_BATCH_ITEMS};
 use prefold_core::{Key, Preconditions, Problem, ProblemKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -40,17 +48,19 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::dirty::Dirty;
 use crate::engine::{Durability, Engine, Write};
-use crate::error::{ApiError, EngineError};
+use crate::error::{ApiError, EngineError, StoreError};
 use crate::flush::FlushStats;
 use crate::hot::HotTier;
 use crate::metrics::{self, Snapshot};
 use crate::object::Object;
 use crate::ops::Op;
+use crate::publication::{unix_micros, unix_secs, Changes};
 use crate::views::{PageQuery, Query as ViewQuery, Views};
 use crate::wal::Wal;
 use prefold_core::model::ViewKind;
 
 /// Browsers and CDNs may keep a copy but must revalidate it (cheap: ETag/304).
+/// The edge, not the origin, sets the policy clients see.
 const CACHE_CONTROL: &str = "public, max-age=0, must-revalidate";
 /// Every method `/o/{key}` answers.
 const ALLOW: &str = "GET, HEAD, PUT, PATCH, DELETE, POST";
@@ -77,9 +87,14 @@ pub struct Inner {
     pub wal: Option<Wal>,
     /// Objects loaded by the warm-up so far.
     pub warm_progress: AtomicU64,
+    /// Every applied version, for the change feed and the pusher.
+    pub changes: Arc<Changes>,
+    /// The object store (failover reads go straight to it).
+    store: Arc<dyn object_store::ObjectStore>,
     config: Config,
     ready: AtomicBool,
     writes: [AtomicU64; 5],
+    requests: AtomicU64,
 }
 
 impl AppState {
@@ -90,7 +105,9 @@ impl AppState {
         dirty: Arc<Dirty>,
         flush_stats: Arc<FlushStats>,
         wal: Option<Wal>,
+        store: Arc<dyn object_store::ObjectStore>,
     ) -> AppState {
+        let changes = Arc::new(Changes::new(config.edge_url.is_some()));
         AppState(Arc::new(Inner {
             engine: OnceLock::new(),
             views: OnceLock::new(),
@@ -99,9 +116,12 @@ impl AppState {
             flush_stats,
             wal,
             warm_progress: AtomicU64::new(0),
+            changes,
+            store,
             config,
             ready: AtomicBool::new(false),
             writes: Default::default(),
+            requests: AtomicU64::new(0),
         }))
     }
 
@@ -156,6 +176,20 @@ impl AppState {
             wal_trimmed: load(&f.trimmed),
             warm_objects: load(&i.warm_progress),
             ready: self.is_ready(),
+            object_requests: load(&i.requests),
+            publication: {
+                let p = &i.changes.stats;
+                metrics::PublicationSnapshot {
+                    pushed: load(&p.pushed),
+                    unchanged: load(&p.unchanged),
+                    deferred: load(&p.deferred),
+                    failures: load(&p.failures),
+                    dropped: load(&p.dropped),
+                    pending: i.changes.pending() as u64,
+                    feed_pages: load(&p.feed_pages),
+                    feed_items: load(&p.feed_items),
+                }
+            },
             views: i.views.get().map(|v| {
                 let s = v.stats();
                 let c = v.counters();
@@ -201,7 +235,15 @@ pub fn app(state: AppState) -> Router {
             "/metrics",
             get(metrics_text).fallback(method_not_allowed_get),
         )
+        .route(
+            CHANGES_PATH,
+            get(change_feed).fallback(method_not_allowed_get),
+        )
         .fallback(|| async { ApiError::NoRoute })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
@@ -232,6 +274,8 @@ impl IntoResponse for ApiError {
                 (ProblemKind::InvalidPrecondition, Some(e.to_string()))
             }
             ApiError::NotOwner { .. } => (ProblemKind::Misdirected, Some(self.to_string())),
+            ApiError::Auth(e @ AuthError::Scope(_)) => (ProblemKind::Forbidden, Some(e.to_string())),
+            ApiError::Auth(e) => (ProblemKind::Unauthorized, Some(e.to_string())),
             ApiError::Engine(EngineError::ResultTooLarge { .. }) => {
                 (ProblemKind::PayloadTooLarge, Some(self.to_string()))
             }
@@ -302,6 +346,12 @@ impl IntoResponse for ApiError {
                     h.insert(OWNER_HEADER, v);
                 }
             }
+            ApiError::Auth(e) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(e.challenge()),
+                );
+            }
             _ => {}
         }
         resp
@@ -334,6 +384,127 @@ fn key_of(uri: &Uri) -> Result<Key, ApiError> {
     Ok(Key::parse(raw)?)
 }
 
+/// The key of a write, once its token allows it here: the key must parse
+/// (400), the token must be valid and cover the key (401/403), and this
+/// origin must own it (421). Nothing of the body has been read yet.
+fn write_key(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Key, ApiError> {
+    let key = key_of(uri)?;
+    if let Some(secret) = &state.0.config.token_secret {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        authorize_write(secret.bytes(), auth, &key, unix_secs())?;
+    }
+    check_owner(state, &key)?;
+    Ok(key)
+}
+
+/// Checks a cluster call's token. Without a cluster secret nothing passes.
+fn check_cluster(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let secret = state
+        .0
+        .config
+        .cluster_secret
+        .as_ref()
+        .ok_or(AuthError::Missing)?;
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    authorize_cluster(secret.bytes(), auth, unix_secs())?;
+    Ok(())
+}
+
+async fn count_requests(
+    State(state): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path().starts_with("/o/") {
+        state.0.requests.fetch_add(1, Ordering::Relaxed);
+    }
+    next.run(req).await
+}
+
+/// `GET /_prefold/changes?after=V&limit=N`: the objects changed after
+/// version `V`, oldest first, as a publication batch with the next cursor.
+async fn change_feed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    check_cluster(&state, &headers)?;
+    let engine = state.engine()?;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Params {
+        #[serde(default)]
+        after: u64,
+        limit: Option<usize>,
+    }
+    let q: Params = query_params(uri.query().unwrap_or_default())?;
+    let limit = q.limit.unwrap_or(MAX_BATCH_ITEMS).clamp(1, MAX_BATCH_ITEMS);
+    let horizon = unix_micros().saturating_sub(state.0.config.feed_horizon_ms.saturating_mul(1000));
+    let changes = &state.0.changes;
+    let page = changes.feed(q.after, horizon, limit);
+    let mut batch = BatchWriter::default();
+    let (mut next, mut more) = (q.after, page.more);
+    for (version, key) in &page.keys {
+        // Cut a large page short, but never between two keys of one version.
+        if batch.bytes() >= MAX_BATCH_BYTES && *version != next {
+            more = true;
+            break;
+        }
+        next = *version;
+        match engine.read_slot(key).await? {
+            Some(o) if o.tombstone => batch.push(key.as_str(), o.version, "", None),
+            Some(o) => batch.push(key.as_str(), o.version, o.content_type_str(), Some(&o.body)),
+            None => {}
+        }
+    }
+    changes.stats.feed_pages.fetch_add(1, Ordering::Relaxed);
+    changes
+        .stats
+        .feed_items
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let mut resp = Body::from(batch.finish(Some(next), more)).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// A read the edge sent here because the key's owner failed: answered from
+/// the object store, which holds everything the owner has flushed.
+async fn failover_read(state: &AppState, key: &Key, head: bool) -> Result<Response, ApiError> {
+    use object_store::ObjectStoreExt;
+    let path = object_store::path::Path::from(prefold_core::envelope::object_path(key));
+    let fetch = async {
+        let got = state.0.store.get(&path).await?;
+        got.bytes().await
+    };
+    let bytes = match tokio::time::timeout(state.0.config.store_timeout(), fetch).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(object_store::Error::NotFound { .. })) => return Err(ApiError::NotFound),
+        Ok(Err(e)) => return Err(ApiError::Engine(EngineError::Store(e.into()))),
+        Err(_) => {
+            let waited = state.0.config.store_timeout();
+            return Err(ApiError::Engine(EngineError::Store(StoreError::Timeout(waited))));
+        }
+    };
+    let object = Object::decode(key, bytes).map_err(EngineError::Store)?;
+    if object.tombstone {
+        return Err(ApiError::NotFound);
+    }
+    let body = if head { Bytes::new() } else { object.body.clone() };
+    let mut resp = Body::from(body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, object.content_type());
+    version_headers(h, &object);
+    h.insert(SOURCE_HEADER, HeaderValue::from_static("failover-store"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
 /// Refuses a key another origin owns: answering it here would serve a
 /// stale or empty copy, or write beside the owner (DESIGN rule 1).
 fn check_owner(state: &AppState, key: &Key) -> Result<(), ApiError> {
@@ -359,6 +530,10 @@ fn version_headers(h: &mut HeaderMap, object: &Object) {
 // clone, and this is the hot path.
 async fn get_object(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let key = key_of(req.uri())?;
+    if req.headers().contains_key(FAILOVER_HEADER) && !state.0.config.owns(&key) {
+        check_cluster(&state, req.headers())?;
+        return failover_read(&state, &key, req.method() == axum::http::Method::HEAD).await;
+    }
     check_owner(&state, &key)?;
     if let Some(views) = state.0.views.get() {
         if let Some(view) = views.model().view(key.kind()) {
@@ -678,8 +853,7 @@ async fn put_object(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = key_of(&uri)?;
-    check_owner(&state, &key)?;
+    let key = write_key(&state, &uri, &headers)?;
     let content_type = content_type(&headers, is_json_media_type)?;
     let body = json_body(&state, &headers, body).await?;
     let op = Op::Put { content_type, body };
@@ -692,8 +866,7 @@ async fn patch_object(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = key_of(&uri)?;
-    check_owner(&state, &key)?;
+    let key = write_key(&state, &uri, &headers)?;
     content_type(&headers, |ct| {
         ct.split(';')
             .next()
@@ -710,8 +883,7 @@ async fn delete_object(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = key_of(&uri)?;
-    check_owner(&state, &key)?;
+    let key = write_key(&state, &uri, &headers)?;
     write(&state, key, &headers, Op::Delete, 2).await
 }
 
@@ -771,8 +943,7 @@ async fn post_object(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = key_of(&uri)?;
-    check_owner(&state, &key)?;
+    let key = write_key(&state, &uri, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     if let Some(views) = state.0.views.get() {
         if let Some(ViewKind::Counter(_)) = views.model().view(key.kind()).map(|v| &v.kind) {

@@ -5,12 +5,16 @@
 //! `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_ALLOW_HTTP`), read by `object_store`'s `AmazonS3Builder::from_env`.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use prefold_core::config::{DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_CEILING, VAR_MAX_BODY_BYTES};
+use prefold_core::auth::{check_secret, VAR_CLUSTER_SECRET, VAR_TOKEN_SECRET};
 use prefold_core::{Key, OriginList};
 
 use crate::engine::Durability;
@@ -140,10 +144,69 @@ pub struct Config {
     #[arg(long, env = "PREFOLD_VIEW_FLUSH_DELAY_MS", default_value_t = 5000)]
     pub view_flush_delay_ms: u64,
 
+    /// The secret that signs client write tokens (HS256, at least 32
+    /// bytes). Set it in the environment, not on the command line, where
+    /// other users of the machine can read it.
+    #[arg(long, env = VAR_TOKEN_SECRET, hide_env_values = true)]
+    pub token_secret: Option<Secret>,
+
+    /// The secret of the cluster's own calls: publication to the edge, the
+    /// change feed, failover reads (at least 32 bytes; environment only, as
+    /// for the token secret).
+    #[arg(long, env = VAR_CLUSTER_SECRET, hide_env_values = true)]
+    pub cluster_secret: Option<Secret>,
+
+    /// Accept writes without a token. Only for local experiments and
+    /// benchmarks; without it, an origin with no token secret does not start.
+    #[arg(long, env = "PREFOLD_OPEN_WRITES")]
+    pub open_writes: bool,
+
+    /// The edge's base URL (e.g. `https://shop.example.com`): changed objects
+    /// are pushed to its publication endpoint. Needs the cluster secret.
+    /// Without it nothing is pushed, and the edge's scheduled pull of the
+    /// change feed is the only publication.
+    #[arg(long, env = "PREFOLD_EDGE_URL")]
+    pub edge_url: Option<String>,
+
+    /// How long the publisher gathers changes into one push.
+    #[arg(long, env = "PREFOLD_PUBLISH_INTERVAL_MS", default_value_t = 100)]
+    pub publish_interval_ms: u64,
+
+    /// The change feed lists only changes older than this, so a write that
+    /// took its version just before a feed read but was applied just after
+    /// cannot be skipped by the reader's cursor.
+    #[arg(long, env = "PREFOLD_FEED_HORIZON_MS", default_value_t = 1000)]
+    pub feed_horizon_ms: u64,
+
     /// Fault injection for tests and drills: wrap the store in a wrapper
     /// controlled by this file (see the `faults` module). Never in production.
     #[arg(long, env = "PREFOLD_FAULT_FILE")]
     pub fault_file: Option<PathBuf>,
+}
+
+/// A secret from the environment. It never prints: `Debug` shows its length
+/// only, so a logged configuration cannot leak it.
+#[derive(Clone)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    /// The secret's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.as_bytes().into()))
+    }
 }
 
 fn parse_origins(s: &str) -> Result<OriginList, String> {
@@ -151,9 +214,10 @@ fn parse_origins(s: &str) -> Result<OriginList, String> {
 }
 
 impl Config {
-    /// A configuration with every default, for tests and embedding.
+    /// A configuration with every default (and writes open), for tests and
+    /// embedding.
     pub fn defaults() -> Config {
-        Config::parse_from(["prefold-origin"])
+        Config::parse_from(["prefold-origin", "--open-writes"])
     }
 
     /// The flush window.
@@ -224,6 +288,24 @@ impl Config {
         if self.origins.is_some() && self.name.is_none() {
             return Err("--origins needs --name (which origin this is)".to_owned());
         }
+        match (&self.token_secret, self.open_writes) {
+            (Some(s), _) => check_secret(VAR_TOKEN_SECRET, s.bytes())?,
+            (None, true) => {}
+            (None, false) => {
+                return Err(format!(
+                    "writes need a token secret: set {VAR_TOKEN_SECRET} (at least 32 bytes, e.g. \
+                     `openssl rand -hex 32`), or pass --open-writes to accept unauthenticated writes"
+                ))
+            }
+        }
+        if let Some(s) = &self.cluster_secret {
+            check_secret(VAR_CLUSTER_SECRET, s.bytes())?;
+        }
+        if self.edge_url.is_some() && self.cluster_secret.is_none() {
+            return Err(format!(
+                "--edge-url needs {VAR_CLUSTER_SECRET}: pushes to the edge are authenticated"
+            ));
+        }
         Ok(())
     }
 }
@@ -258,6 +340,7 @@ mod tests {
     fn preconditions_and_ownership() {
         let c = Config::try_parse_from([
             "prefold-origin",
+            "--open-writes",
             "--require-precondition",
             "account,order",
             "--origins",
@@ -276,6 +359,7 @@ mod tests {
         assert!(owned > 0 && owned < 64, "{owned}");
         let wrong = Config::try_parse_from([
             "prefold-origin",
+            "--open-writes",
             "--origins",
             "a=http://127.0.0.1:1",
             "--name",
@@ -283,5 +367,26 @@ mod tests {
         ])
         .unwrap();
         assert!(wrong.validate().is_err());
+    }
+
+    #[test]
+    fn secrets_are_required_checked_and_never_printed() {
+        let value = "a-secret-of-thirty-two-bytes-xyz";
+        let c = Config::try_parse_from(["prefold-origin", "--token-secret", value]).unwrap();
+        assert!(c.validate().is_ok());
+        assert!(!format!("{c:?}").contains(value));
+        let none = Config::try_parse_from(["prefold-origin"]).unwrap();
+        assert!(none.validate().unwrap_err().contains("PREFOLD_TOKEN_SECRET"));
+        let short = Config::try_parse_from(["prefold-origin", "--token-secret", "short"]).unwrap();
+        let e = short.validate().unwrap_err();
+        assert!(e.contains("32") && !e.contains("short\""), "{e}");
+        let push = Config::try_parse_from([
+            "prefold-origin",
+            "--open-writes",
+            "--edge-url",
+            "http://127.0.0.1:8787",
+        ])
+        .unwrap();
+        assert!(push.validate().unwrap_err().contains("PREFOLD_CLUSTER_SECRET"));
     }
 }

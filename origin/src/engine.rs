@@ -38,6 +38,7 @@ use crate::error::{EngineError, StoreError};
 use crate::hot::{HotTier, Slot};
 use crate::object::Object;
 use crate::ops::{Op, OpError, Outcome};
+use crate::publication::Changes;
 use crate::wal::{Durable, Wal};
 
 /// Requests waiting for one partition before senders wait.
@@ -206,6 +207,7 @@ struct Shared {
     max_body_bytes: u32,
     check: Option<Check>,
     derived_flush_delay: Duration,
+    changes: Option<Arc<Changes>>,
     loads: AtomicU64,
 }
 
@@ -221,6 +223,8 @@ pub struct Options {
     pub check: Option<Check>,
     /// How long a derived object waits in the backlog before its first PUT.
     pub derived_flush_delay: Duration,
+    /// Where every applied version is recorded for publication.
+    pub changes: Option<Arc<Changes>>,
 }
 
 /// The partitioned storage engine.
@@ -255,6 +259,7 @@ impl Engine {
             max_body_bytes: options.max_body_bytes,
             check: options.check,
             derived_flush_delay: options.derived_flush_delay,
+            changes: options.changes,
             loads: AtomicU64::new(0),
         });
         let parts = directories
@@ -629,6 +634,9 @@ impl Worker {
                 tombstone: object.tombstone,
             },
         );
+        if let Some(changes) = &self.shared.changes {
+            changes.record(&key, version);
+        }
         let durable = match &self.shared.wal {
             Some(_) if write.durability == Durability::Derived => None,
             Some(wal) => {
@@ -734,6 +742,7 @@ mod tests {
                 max_body_bytes: 1 << 20,
                 check: None,
                 derived_flush_delay: Duration::ZERO,
+                changes: None,
             },
         ));
         Rig {

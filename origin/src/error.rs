@@ -114,6 +114,10 @@ pub enum ApiError {
     /// A malformed `If-Match` / `If-None-Match`.
     #[error(transparent)]
     InvalidPrecondition(#[from] prefold_core::http::PreconditionError),
+    /// Missing or invalid credentials (401), or a scope that does not cover
+    /// the request (403).
+    #[error(transparent)]
+    Auth(#[from] prefold_core::auth::AuthError),
     /// The key belongs to another origin.
     #[error("key {key} is owned by origin {owner} ({url})")]
     NotOwner {

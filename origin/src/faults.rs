@@ -26,6 +26,7 @@
 //! | `delete` | `delete_stream` (so also `delete`)                                |
 //! | `all`    | every operation without a directive of its own, including `copy_opts` and `rename_opts` |
 //! | `derive` | not a store operation: view derivation messages; `derive=drop` (or `error`) loses them, as a lost event would |
+//! | `push`   | not a store operation: pushes to the edge; `push=drop` loses them (the edge's scheduled pull must repair it) |
 //!
 //! `FAULT` is one of:
 //!
@@ -145,6 +146,8 @@ struct Faults {
     all: Option<Fault>,
     /// View derivation messages (`derive=drop`); `all` does not apply.
     derive: Option<Fault>,
+    /// Pushes to the edge (`push=drop`); `all` does not apply.
+    push: Option<Fault>,
 }
 
 impl Faults {
@@ -195,6 +198,7 @@ fn parse_directive<'f>(
         "delete" => &mut faults.delete,
         "all" => &mut faults.all,
         "derive" => &mut faults.derive,
+        "push" => &mut faults.push,
         _ => return None,
     };
     let fault = match fault {
@@ -217,6 +221,11 @@ fn parse_directive<'f>(
 /// (`derive=drop`): the lost event the rolling regeneration must repair.
 pub fn drops_derivations(control: &FsPath) -> bool {
     matches!(load(control).derive, Some(Fault::Error))
+}
+
+/// Whether the control file says to lose pushes to the edge (`push=drop`).
+pub fn drops_pushes(control: &FsPath) -> bool {
+    matches!(load(control).push, Some(Fault::Error))
 }
 
 /// Reads the control file; missing means no faults.
@@ -413,7 +422,7 @@ mod tests {
     #[test]
     fn parse_directives() {
         let faults =
-            parse("put=error, get=hang\nlist=delay:25 delete=none\n\nall=error # trailing");
+            parse("put=error, get=hang\nlist=delay:25 delete=none\n\nall=error push=drop # trailing");
         assert_eq!(
             faults,
             Faults {
@@ -423,6 +432,7 @@ mod tests {
                 delete: Some(Fault::Pass),
                 all: Some(Fault::Error),
                 derive: None,
+                push: Some(Fault::Error),
             }
         );
     }

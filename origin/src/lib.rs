@@ -20,6 +20,8 @@
 //! - [`flush`]: the flusher that stores the backlog (coalesced, conditional,
 //!   retried with jittered backoff) and trims the log;
 //! - [`warm`]: loading the owned objects and replaying the log at start;
+//! - [`publication`]: the change index, the change feed and the pusher that
+//!   publish changed objects to the edge's KV;
 //! - [`views`]: the view engine, deriving denormalized objects from the
 //!   model's entities at write time;
 //! - [`metrics`]: `/metrics` in the Prometheus text format;
@@ -37,6 +39,7 @@ pub mod hot;
 pub mod metrics;
 pub mod object;
 pub mod ops;
+pub mod publication;
 pub mod server;
 pub mod store;
 pub mod views;

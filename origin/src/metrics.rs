@@ -54,6 +54,31 @@ pub struct Snapshot {
     pub ready: bool,
     /// The view engine's numbers, when a model is configured.
     pub views: Option<ViewsSnapshot>,
+    /// Requests to `/o/…`, answered or refused.
+    pub object_requests: u64,
+    /// Publication to the edge.
+    pub publication: PublicationSnapshot,
+}
+
+/// Publication's part of a scrape.
+#[derive(Debug, Default, Clone)]
+pub struct PublicationSnapshot {
+    /// Objects the edge wrote to KV from pushes.
+    pub pushed: u64,
+    /// Pushed objects KV already held.
+    pub unchanged: u64,
+    /// Pushed objects the edge deferred.
+    pub deferred: u64,
+    /// Failed push requests.
+    pub failures: u64,
+    /// Pushes lost to fault injection.
+    pub dropped: u64,
+    /// Keys waiting to be pushed.
+    pub pending: u64,
+    /// Change feed pages served.
+    pub feed_pages: u64,
+    /// Objects listed by the change feed.
+    pub feed_items: u64,
 }
 
 /// The view engine's part of a scrape.
@@ -213,6 +238,29 @@ pub fn render(s: &Snapshot) -> String {
         "1 when the origin serves objects",
         u64::from(s.ready),
     );
+    counter(
+        &mut r,
+        "object_requests",
+        "Requests to /o/..., answered or refused",
+        s.object_requests,
+    );
+    let p = &s.publication;
+    for (name, help, n) in [
+        ("publish_pushed", "Objects the edge wrote to KV from pushes", p.pushed),
+        ("publish_unchanged", "Pushed objects KV already held", p.unchanged),
+        (
+            "publish_deferred",
+            "Pushed objects the edge deferred (KV's one write per second per key)",
+            p.deferred,
+        ),
+        ("publish_failures", "Push requests to the edge that failed (retried)", p.failures),
+        ("publish_dropped", "Pushes lost to fault injection", p.dropped),
+        ("feed_pages", "Change feed pages served", p.feed_pages),
+        ("feed_items", "Objects listed by the change feed", p.feed_items),
+    ] {
+        counter(&mut r, name, help, n);
+    }
+    gauge(&mut r, "publish_pending", "Changed keys waiting to be pushed", p.pending);
     if let Some(v) = &s.views {
         let c = [
             (

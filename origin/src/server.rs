@@ -29,6 +29,7 @@ use crate::engine::{Check, Engine, Options};
 use crate::error::StoreError;
 use crate::flush::{FlushStats, Flusher};
 use crate::hot::HotTier;
+use crate::publication::Pusher;
 use crate::store;
 use crate::views::Views;
 use crate::wal::{Replayed, Wal};
@@ -73,6 +74,7 @@ impl Origin {
             dirty.clone(),
             stats.clone(),
             Some(wal.clone()),
+            store.clone(),
         );
         let flusher = Flusher::new(
             dirty,
@@ -299,6 +301,14 @@ async fn start(
         });
         check
     });
+    // The change feed lists what the warm load found, so an edge whose
+    // cursor is behind catches up across restarts.
+    inner.changes.seed(
+        warmed
+            .directories
+            .iter()
+            .flat_map(|d| d.iter().map(|(k, e)| (k.clone(), e.version))),
+    );
     let engine = Arc::new(Engine::start(
         warmed.directories,
         inner.hot.clone(),
@@ -310,6 +320,7 @@ async fn start(
             max_body_bytes: config.max_body_bytes,
             check,
             derived_flush_delay: Duration::from_millis(config.view_flush_delay_ms),
+            changes: Some(inner.changes.clone()),
         },
     ));
     if inner.engine.set(engine.clone()).is_err() {
@@ -317,13 +328,27 @@ async fn start(
     }
     let flusher = tokio::spawn(flusher.run(stop_flusher, config.shutdown_timeout()));
     let mut view_tasks = Vec::new();
+    if let (Some(edge_url), Some(secret)) = (&config.edge_url, &config.cluster_secret) {
+        let pusher = Pusher {
+            changes: inner.changes.clone(),
+            engine: engine.clone(),
+            edge_url: edge_url.clone(),
+            cluster_secret: secret.clone(),
+            interval: Duration::from_millis(config.publish_interval_ms),
+            timeout: Duration::from_secs(10),
+            fault_file: config.fault_file.clone(),
+        };
+        // Stops with the view tasks: after the last requests' views are
+        // published (what is left then, the edge's pull carries).
+        view_tasks.push(tokio::spawn(pusher.run(stop_views.clone())));
+    }
     if let Some(views) = inner.views.get() {
         let regen =
             (config.regen_period_secs > 0).then(|| Duration::from_secs(config.regen_period_secs));
         let build = views.start(engine, config.fault_file.clone(), regen, stop_views);
         tokio::select! {
             r = build => match r {
-                Ok(tasks) => view_tasks = tasks,
+                Ok(tasks) => view_tasks.extend(tasks),
                 Err(e) => tracing::error!(error = %e, "the view rebuild failed"),
             },
             _ = stopping.cancelled() => {}

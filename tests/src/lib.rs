@@ -8,6 +8,10 @@
 //! killed with their whole process group when dropped, so a failing test
 //! leaves nothing running.
 //!
+//! Origins and edges get the test secrets ([`TOKEN_SECRET`],
+//! [`CLUSTER_SECRET`]); [`client`] and [`raw`] send a `write:*` token with
+//! every request, and [`bare_client`] sends none.
+//!
 //! [`raw`] sends a request whose path is put on the wire exactly as given:
 //! URL libraries normalize `..` and percent-encoding, which would hide exactly
 //! the malformed keys the tests need to send.
@@ -51,8 +55,53 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// An HTTP client for well-formed requests.
+/// The secret the test origins and edges verify write tokens with.
+pub const TOKEN_SECRET: &str = "prefold-test-token-secret-of-32+bytes";
+/// The test cluster's secret (origin↔edge calls).
+pub const CLUSTER_SECRET: &str = "prefold-test-cluster-secret-32+bytes";
+
+/// Seconds since the Unix epoch.
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A token signed with [`TOKEN_SECRET`] (or `secret`) with `scope`,
+/// expiring `ttl_secs` from now (negative: already expired).
+pub fn token_with(secret: &str, scope: &str, ttl_secs: i64) -> String {
+    let exp = unix_secs().saturating_add_signed(ttl_secs);
+    prefold_core::auth::mint(
+        secret.as_bytes(),
+        &prefold_core::auth::Claims {
+            sub: Some("e2e".into()),
+            exp,
+            scope: scope.into(),
+        },
+    )
+}
+
+/// A `write:*` token valid for an hour, as an `Authorization` value.
+pub fn auth_header() -> String {
+    format!("Bearer {}", token_with(TOKEN_SECRET, "write:*", 3600))
+}
+
+/// An HTTP client for well-formed requests: it sends a `write:*` token.
 pub fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        auth_header().parse().expect("a token is a header value"),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// An HTTP client that sends no credentials.
+pub fn bare_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -172,11 +221,18 @@ impl OriginProc {
         std::fs::create_dir_all(data)?;
         let log = data.join(format!("origin-{}.log", std::process::id()));
         let stderr = std::fs::File::create(&log)?;
-        let mut child = Command::new(origin_bin())
-            .args(["--listen", "127.0.0.1:0", "--data"])
+        let mut cmd = Command::new(origin_bin());
+        cmd.args(["--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
-            .env("PREFOLD_LOG", "info")
+            .env("PREFOLD_LOG", "info");
+        if extra.contains(&"--open-writes") {
+            cmd.env_remove("PREFOLD_TOKEN_SECRET");
+        } else {
+            cmd.env("PREFOLD_TOKEN_SECRET", TOKEN_SECRET);
+        }
+        let mut child = cmd
+            .env("PREFOLD_CLUSTER_SECRET", CLUSTER_SECRET)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -272,12 +328,19 @@ impl EdgeProc {
     /// waits until `/healthz` answers. The edge must have been built already
     /// (`make test` does it; see `scripts/build-edge.sh`).
     pub async fn start(origins: &str, vars: &[(&str, &str)]) -> Result<EdgeProc> {
+        EdgeProc::start_on(free_port(), origins, vars).await
+    }
+
+    /// [`EdgeProc::start`] on a given port (so origins can be told the
+    /// edge's URL before it starts). The test secrets are set as vars
+    /// unless `vars` sets them, and `--test-scheduled` exposes
+    /// `/__scheduled`, which runs the Cron Trigger.
+    pub async fn start_on(port: u16, origins: &str, vars: &[(&str, &str)]) -> Result<EdgeProc> {
         let root = repo_root();
         if !root.join("edge/build/index.js").exists() {
             bail!("edge/build/index.js is missing: build the edge first (`make test` does)");
         }
         let state = tempfile::tempdir()?;
-        let port = free_port();
         let inspector = free_port();
         let log = state.path().join("wrangler.log");
         let out = std::fs::File::create(&log)?;
@@ -289,8 +352,17 @@ impl EdgeProc {
             .arg(inspector.to_string())
             .arg("--persist-to")
             .arg(state.path().join("kv"))
+            .arg("--test-scheduled")
             .arg("--var")
             .arg(format!("PREFOLD_ORIGINS:{origins}"));
+        for (name, value) in [
+            ("PREFOLD_TOKEN_SECRET", TOKEN_SECRET),
+            ("PREFOLD_CLUSTER_SECRET", CLUSTER_SECRET),
+        ] {
+            if !vars.iter().any(|(n, _)| *n == name) {
+                cmd.arg("--var").arg(format!("{name}:{value}"));
+            }
+        }
         for (name, value) in vars {
             cmd.arg("--var").arg(format!("{name}:{value}"));
         }
@@ -388,6 +460,12 @@ pub async fn raw_with(
         .method(method)
         .uri(path)
         .header("host", addr.to_string());
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+    {
+        req = req.header("authorization", auth_header());
+    }
     for (name, value) in headers {
         req = req.header(*name, *value);
     }

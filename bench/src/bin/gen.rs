@@ -28,6 +28,10 @@ struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// A write token (`prefold-token` mints one); not needed by an origin
+    /// started with `--open-writes`.
+    #[arg(long, env = "PREFOLD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print the number of objects per entity type and exit, without writing.
     #[arg(long)]
     count_only: bool,
@@ -48,7 +52,13 @@ async fn main() -> anyhow::Result<()> {
     let waves = demo(&scale, args.seed);
     // A progress bar only for a person watching; logs get the summary line.
     let progress = std::io::stderr().is_terminal();
-    let stats = load(&args.origin, waves, args.concurrency, progress)
+    let stats = load(
+        &args.origin,
+        args.token.as_deref(),
+        waves,
+        args.concurrency,
+        progress,
+    )
         .await
         .with_context(|| {
             format!(
