@@ -468,7 +468,10 @@ async fn change_feed(
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
     let mut resp = Body::from(batch.finish(Some(next), more)).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }
@@ -488,14 +491,20 @@ async fn failover_read(state: &AppState, key: &Key, head: bool) -> Result<Respon
         Ok(Err(e)) => return Err(ApiError::Engine(EngineError::Store(e.into()))),
         Err(_) => {
             let waited = state.0.config.store_timeout();
-            return Err(ApiError::Engine(EngineError::Store(StoreError::Timeout(waited))));
+            return Err(ApiError::Engine(EngineError::Store(StoreError::Timeout(
+                waited,
+            ))));
         }
     };
     let object = Object::decode(key, bytes).map_err(EngineError::Store)?;
     if object.tombstone {
         return Err(ApiError::NotFound);
     }
-    let body = if head { Bytes::new() } else { object.body.clone() };
+    let body = if head {
+        Bytes::new()
+    } else {
+        object.body.clone()
+    };
     let mut resp = Body::from(body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, object.content_type());

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use prefold_core::config::{DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_CEILING, VAR_MAX_BODY_BYTES};
 use prefold_core::auth::{check_secret, VAR_CLUSTER_SECRET, VAR_TOKEN_SECRET};
+use prefold_core::config::{DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_CEILING, VAR_MAX_BODY_BYTES};
 use prefold_core::{Key, OriginList};
 
 use crate::engine::Durability;
@@ -376,7 +376,10 @@ mod tests {
         assert!(c.validate().is_ok());
         assert!(!format!("{c:?}").contains(value));
         let none = Config::try_parse_from(["prefold-origin"]).unwrap();
-        assert!(none.validate().unwrap_err().contains("PREFOLD_TOKEN_SECRET"));
+        assert!(none
+            .validate()
+            .unwrap_err()
+            .contains("PREFOLD_TOKEN_SECRET"));
         let short = Config::try_parse_from(["prefold-origin", "--token-secret", "short"]).unwrap();
         let e = short.validate().unwrap_err();
         assert!(e.contains("32") && !e.contains("short\""), "{e}");
@@ -387,6 +390,9 @@ mod tests {
             "http://127.0.0.1:8787",
         ])
         .unwrap();
-        assert!(push.validate().unwrap_err().contains("PREFOLD_CLUSTER_SECRET"));
+        assert!(push
+            .validate()
+            .unwrap_err()
+            .contains("PREFOLD_CLUSTER_SECRET"));
     }
 }

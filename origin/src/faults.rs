@@ -421,8 +421,9 @@ mod tests {
 
     #[test]
     fn parse_directives() {
-        let faults =
-            parse("put=error, get=hang\nlist=delay:25 delete=none\n\nall=error push=drop # trailing");
+        let faults = parse(
+            "put=error, get=hang\nlist=delay:25 delete=none\n\nall=error push=drop # trailing",
+        );
         assert_eq!(
             faults,
             Faults {

@@ -246,21 +246,46 @@ pub fn render(s: &Snapshot) -> String {
     );
     let p = &s.publication;
     for (name, help, n) in [
-        ("publish_pushed", "Objects the edge wrote to KV from pushes", p.pushed),
-        ("publish_unchanged", "Pushed objects KV already held", p.unchanged),
+        (
+            "publish_pushed",
+            "Objects the edge wrote to KV from pushes",
+            p.pushed,
+        ),
+        (
+            "publish_unchanged",
+            "Pushed objects KV already held",
+            p.unchanged,
+        ),
         (
             "publish_deferred",
             "Pushed objects the edge deferred (KV's one write per second per key)",
             p.deferred,
         ),
-        ("publish_failures", "Push requests to the edge that failed (retried)", p.failures),
-        ("publish_dropped", "Pushes lost to fault injection", p.dropped),
+        (
+            "publish_failures",
+            "Push requests to the edge that failed (retried)",
+            p.failures,
+        ),
+        (
+            "publish_dropped",
+            "Pushes lost to fault injection",
+            p.dropped,
+        ),
         ("feed_pages", "Change feed pages served", p.feed_pages),
-        ("feed_items", "Objects listed by the change feed", p.feed_items),
+        (
+            "feed_items",
+            "Objects listed by the change feed",
+            p.feed_items,
+        ),
     ] {
         counter(&mut r, name, help, n);
     }
-    gauge(&mut r, "publish_pending", "Changed keys waiting to be pushed", p.pending);
+    gauge(
+        &mut r,
+        "publish_pending",
+        "Changed keys waiting to be pushed",
+        p.pending,
+    );
     if let Some(v) = &s.views {
         let c = [
             (

@@ -254,10 +254,13 @@ impl Pusher {
             last_sent.retain(|_, t| now.duration_since(*t) < min_gap);
             let mut due = Vec::new();
             for key in self.changes.take_pending() {
-                let not_before = [last_sent.get(&key).map(|t| *t + min_gap), hold.get(&key).copied()]
-                    .into_iter()
-                    .flatten()
-                    .max();
+                let not_before = [
+                    last_sent.get(&key).map(|t| *t + min_gap),
+                    hold.get(&key).copied(),
+                ]
+                .into_iter()
+                .flatten()
+                .max();
                 match not_before {
                     Some(t) if t > now => {
                         hold.insert(key, t);
@@ -301,7 +304,8 @@ impl Pusher {
                     Ok(reply) => {
                         let sent_at = Instant::now();
                         let s = &self.changes.stats;
-                        s.pushed.fetch_add(u64::from(reply.written), Ordering::Relaxed);
+                        s.pushed
+                            .fetch_add(u64::from(reply.written), Ordering::Relaxed);
                         s.unchanged
                             .fetch_add(u64::from(reply.unchanged), Ordering::Relaxed);
                         s.deferred
@@ -328,7 +332,8 @@ impl Pusher {
             }
             if failed {
                 self.changes.requeue(rest.iter().cloned());
-                backoff = (backoff * 2).clamp(self.interval.max(Duration::from_millis(100)), MAX_BACKOFF);
+                backoff =
+                    (backoff * 2).clamp(self.interval.max(Duration::from_millis(100)), MAX_BACKOFF);
                 // Come back for the requeued keys even if nothing changes.
                 self.changes.changed.notify_one();
             } else if self.changes.has_pending() {
@@ -352,12 +357,9 @@ impl Pusher {
             covered.push(key.clone());
             match self.engine.read_slot(key).await {
                 Ok(Some(o)) if o.tombstone => batch.push(key.as_str(), o.version, "", None),
-                Ok(Some(o)) => batch.push(
-                    key.as_str(),
-                    o.version,
-                    o.content_type_str(),
-                    Some(&o.body),
-                ),
+                Ok(Some(o)) => {
+                    batch.push(key.as_str(), o.version, o.content_type_str(), Some(&o.body))
+                }
                 Ok(None) => {}
                 Err(e) => {
                     // The feed lists it again; the pull will carry it.
@@ -446,7 +448,10 @@ mod tests {
         assert_eq!(p.keys[0].1.as_str(), "a/3");
         assert!(p.more);
         let p = c.feed(30, 35, 10);
-        assert!(p.keys.is_empty() && !p.more, "a/1 at 40 is past the horizon");
+        assert!(
+            p.keys.is_empty() && !p.more,
+            "a/1 at 40 is past the horizon"
+        );
         // Two keys with one version are both listed after the one before.
         c.record(&key("b/1"), 50);
         c.record(&key("b/2"), 50);

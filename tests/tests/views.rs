@@ -501,7 +501,7 @@ async fn bad_model_files_stop_the_origin_with_file_line_and_field() -> Result<()
             .current_dir(dir.path())
             .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(dir.path().join("data"))
-            .args(["--model", "bad.toml"])
+            .args(["--model", "bad.toml", "--open-writes"])
             .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         ensure!(

@@ -59,13 +59,13 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency,
         progress,
     )
-        .await
-        .with_context(|| {
-            format!(
-                "loading the demo data (scale {}, seed {}) into {}",
-                args.scale, args.seed, args.origin
-            )
-        })?;
+    .await
+    .with_context(|| {
+        format!(
+            "loading the demo data (scale {}, seed {}) into {}",
+            args.scale, args.seed, args.origin
+        )
+    })?;
     println!(
         "prefold-gen: {} objects in {:.2} s ({:.0} objects/s, {} retries) to {}",
         stats.objects,

@@ -36,7 +36,9 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
         Some((i, _)) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a lifetime"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a lifetime"))?;
     let mult = match unit {
         "s" => 1,
         "m" => 60,
@@ -44,7 +46,8 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
         "d" => 86_400,
         _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 fn main() -> ExitCode {
