@@ -14,7 +14,7 @@
 //!
 //! Answers carry a strong ETag, honour `If-None-Match` with 304, carry a
 //! `Cache-Control` with `stale-while-revalidate` and `stale-if-error`, and
-//! are gzip-compressed by the runtime when the client accepts it (`Vary:
+//! are gzip-compressed by the runtime for clients that accept it (`Vary:
 //! Accept-Encoding`).
 
 use prefold_core::fence::{Fences, MIN_VERSION_HEADER};
@@ -243,9 +243,11 @@ fn object_response(req: &Request, edge: &Edge<'_>, found: Found) -> Result<Respo
         return Ok(Response::empty()?.with_status(304).with_headers(headers));
     }
     headers.set("content-type", &found.content_type)?;
-    if found.body.len() >= MIN_COMPRESS_BYTES && accepts_gzip(req)? {
+    if found.body.len() >= MIN_COMPRESS_BYTES {
         // The runtime compresses the body as it goes out (its default
-        // "automatic" body encoding follows this header).
+        // "automatic" body encoding follows this header), and negotiates
+        // with the client itself: a Worker always sees `Accept-Encoding:
+        // br, gzip`, and a client that refuses gzip gets the body decoded.
         headers.set("content-encoding", "gzip")?;
     }
     let body = if req.method() == Method::Head {
@@ -254,24 +256,6 @@ fn object_response(req: &Request, edge: &Edge<'_>, found: Found) -> Result<Respo
         found.body
     };
     Ok(Response::from_bytes(body)?.with_headers(headers))
-}
-
-/// Whether `Accept-Encoding` allows gzip (a `q=0` refuses it).
-fn accepts_gzip(req: &Request) -> Result<bool, EdgeError> {
-    let Some(accept) = req.headers().get("accept-encoding")? else {
-        return Ok(false);
-    };
-    Ok(accept.split(',').any(|item| {
-        let mut parts = item.split(';');
-        let coding = parts.next().unwrap_or_default().trim();
-        let refused = parts.any(|p| {
-            p.trim()
-                .strip_prefix("q=")
-                .and_then(|q| q.trim().parse::<f32>().ok())
-                .is_some_and(|q| q <= 0.0)
-        });
-        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
-    }))
 }
 
 pub(crate) fn header_version(resp: &Response, origin: &str) -> Result<u64, EdgeError> {

@@ -222,7 +222,12 @@ impl OriginProc {
         let log = data.join(format!("origin-{}.log", std::process::id()));
         let stderr = std::fs::File::create(&log)?;
         let mut cmd = Command::new(origin_bin());
-        cmd.args(["--listen", "127.0.0.1:0", "--data"])
+        // `--listen` in `extra` (an origin list needs its ports up front)
+        // replaces the default free port.
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.arg("--data")
             .arg(data)
             .args(extra)
             .env("PREFOLD_LOG", "info");
@@ -284,6 +289,11 @@ impl OriginProc {
     /// The tail of its log, for failure messages.
     pub fn log_tail(&self) -> String {
         tail(&self.log)
+    }
+
+    /// Its whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -395,6 +405,11 @@ impl EdgeProc {
     /// The last lines wrangler printed, for failure messages.
     pub fn log_tail(&self) -> String {
         tail(&self.log)
+    }
+
+    /// Everything wrangler printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 

@@ -333,12 +333,14 @@ async fn an_origin_that_never_answers_costs_the_timeout_not_a_hang() -> Result<(
 
 /// Merge patch, append, increment and delete through the edge: validated
 /// there with the shared rules, forwarded with their preconditions and
-/// durability to the owner, and the edge's KV copy never outlives them.
+/// durability to the owner, and KV follows each one through publication.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_goes_through_the_edge_and_kv_follows() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let origin = OriginProc::start(dir.path(), &[]).await?;
-    let edge = EdgeProc::start(&format!("origin-1={}", origin.url()), &[]).await?;
+    let port = prefold_e2e::free_port();
+    let edge_url = format!("http://127.0.0.1:{port}");
+    let origin = OriginProc::start(dir.path(), &["--edge-url", &edge_url]).await?;
+    let edge = EdgeProc::start_on(port, &format!("origin-1={}", origin.url()), &[]).await?;
     let url = format!("{}/o/event/7", edge.url());
     let put = put_json(&url, &json!({"title": "a", "tags": ["x"]})).await?;
     assert_eq!(put.status(), 201, "{}", edge.log_tail());
