@@ -5,6 +5,11 @@
 # when the store is empty, prefold-gen loads its demo data set at scale 1 (a
 # few hundred objects; ids in bench/src/gen.rs). Ctrl-C (or SIGTERM) stops
 # both: the origin drains its pending writes to the store before it exits.
+#
+# Secrets: the first run writes random development secrets to .dev.vars
+# (git-ignored), which `wrangler dev` reads for the edge; the origin gets the
+# same values from the environment. The origin pushes changed objects to the
+# edge, and a development write token is printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +20,19 @@ DATA=${PREFOLD_DATA:-data}
 cargo build --release --locked -p prefold-origin -p prefold-bench
 scripts/build-edge.sh
 mkdir -p "$DATA/edge"
+
+if [ ! -f .dev.vars ]; then
+  umask 077
+  {
+    echo "PREFOLD_TOKEN_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+    echo "PREFOLD_CLUSTER_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+  } > .dev.vars
+  echo "wrote development secrets to .dev.vars"
+fi
+set -a
+# shellcheck disable=SC1091
+. ./.dev.vars
+set +a
 
 pids=()
 stop() {
@@ -28,10 +46,10 @@ stop() {
 trap stop INT TERM EXIT
 
 target/release/prefold-origin --listen "$ORIGIN_ADDR" --data "$DATA" \
-  --model scripts/demo/model.toml &
+  --model scripts/demo/model.toml --edge-url "http://127.0.0.1:$EDGE_PORT" &
 pids+=($!)
 PREFOLD_EDGE_PREBUILT=1 node_modules/.bin/wrangler dev \
-  --ip 127.0.0.1 --port "$EDGE_PORT" --persist-to "$DATA/edge" \
+  --ip 127.0.0.1 --port "$EDGE_PORT" --persist-to "$DATA/edge" --test-scheduled \
   --var "PREFOLD_ORIGINS:origin-1=http://$ORIGIN_ADDR" &
 pids+=($!)
 
@@ -46,8 +64,9 @@ wait_for() { # url, what
 wait_for "http://$ORIGIN_ADDR/readyz" "the origin"
 wait_for "http://127.0.0.1:$EDGE_PORT/healthz" "the edge"
 
+TOKEN=$(target/release/prefold-token --scope 'write:*' --ttl 12h --sub dev)
 if [ -z "$(find "$DATA/store" -type f -print -quit 2>/dev/null)" ]; then
-  target/release/prefold-gen --origin "http://$ORIGIN_ADDR" --scale 1
+  PREFOLD_TOKEN=$TOKEN target/release/prefold-gen --origin "http://$ORIGIN_ADDR" --scale 1
 fi
 
 cat <<MSG
@@ -64,12 +83,17 @@ cat <<MSG
     curl http://127.0.0.1:$EDGE_PORT/o/events_by_category/music
     curl 'http://127.0.0.1:$EDGE_PORT/o/event_search/_search?q=jazz'
     curl http://127.0.0.1:$EDGE_PORT/o/friends/u1
-    curl -X POST 'http://127.0.0.1:$EDGE_PORT/o/event_views/e1?op=increment'
-    curl -X PATCH http://127.0.0.1:$EDGE_PORT/o/product/p1 \\
+
+  writes need a token; this one (write:*, 12 hours) is signed with the
+  development secret in .dev.vars:
+    export TOKEN=$TOKEN
+    curl -X POST 'http://127.0.0.1:$EDGE_PORT/o/event_views/e1?op=increment' \\
+         -H "authorization: Bearer \$TOKEN"
+    curl -X PATCH http://127.0.0.1:$EDGE_PORT/o/product/p1 -H "authorization: Bearer \$TOKEN" \\
          -H 'content-type: application/merge-patch+json' -d '{"name":"Renamed Widget"}'
-    curl http://$ORIGIN_ADDR/o/order_page/o1   # an order of p1: the new name
-      (the edge's KV copy of a view is not yet refreshed when the view
-       changes: origin-driven publication is the next step)
+    curl http://127.0.0.1:$EDGE_PORT/o/order_page/o1   # an order of p1: the new name,
+      (published to the edge's KV within a second or so)
+  mint another: PREFOLD_TOKEN_SECRET=... target/release/prefold-token --scope 'write:comment/*'
 
   Ctrl-C stops both.
 

@@ -1,6 +1,8 @@
 //! Micro benchmarks of the shared crate's hot functions: routing a key over
-//! 3, 10 and 100 origins, validating keys, and encoding and decoding the
-//! stored envelope. `prefold-bench` runs these and reports their medians.
+//! 3, 10 and 100 origins, validating keys, encoding and decoding the stored
+//! envelope, and verifying a write token (what authentication adds to every
+//! write, at the origin and again at the edge). `prefold-bench` runs these
+//! and reports their medians.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -67,5 +69,27 @@ fn envelope(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(micro, routing, keys, envelope);
+fn tokens(c: &mut Criterion) {
+    use prefold_core::auth::{authorize_write, mint, Claims};
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let token = mint(
+        secret,
+        &Claims {
+            sub: Some("u1".into()),
+            exp: 4_000_000_000,
+            scope: "write:comment/* write:user/u1".into(),
+        },
+    );
+    let header = format!("Bearer {token}");
+    let key = Key::parse("comment/e1/c9").unwrap();
+    c.bench_function("token/authorize_write", |b| {
+        b.iter(|| {
+            authorize_write(secret, Some(black_box(&header)), &key, 1_800_000_000)
+                .unwrap()
+                .exp
+        })
+    });
+}
+
+criterion_group!(micro, routing, keys, envelope, tokens);
 criterion_main!(micro);

@@ -635,7 +635,7 @@ impl Worker {
             },
         );
         if let Some(changes) = &self.shared.changes {
-            changes.record(&key, version);
+            changes.record(&key, previous, version);
         }
         let durable = match &self.shared.wal {
             Some(_) if write.durability == Durability::Derived => None,

@@ -86,26 +86,44 @@ pub fn auth_header() -> String {
     format!("Bearer {}", token_with(TOKEN_SECRET, "write:*", 3600))
 }
 
-/// An HTTP client for well-formed requests: it sends a `write:*` token.
+/// An HTTP client for well-formed requests: it sends a `write:*` token
+/// (valid for an hour).
+///
+/// One client per process, cloned (a reference count): building one loads
+/// the TLS roots, which costs far more than the requests the tests send. It
+/// keeps no idle connections: each test has its own tokio runtime, and a
+/// pooled connection is driven by a task of the runtime that opened it.
 pub fn client() -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        auth_header().parse().expect("a token is a header value"),
-    );
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .default_headers(headers)
-        .build()
-        .expect("client")
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                auth_header().parse().expect("a token is a header value"),
+            );
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(0)
+                .default_headers(headers)
+                .build()
+                .expect("client")
+        })
+        .clone()
 }
 
-/// An HTTP client that sends no credentials.
+/// An HTTP client that sends no credentials (shared, as [`client`]).
 pub fn bare_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client")
+        })
+        .clone()
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout`.

@@ -98,10 +98,21 @@ async fn publication_reaches_kv_by_push_and_a_lost_push_by_the_scheduled_pull() 
     // A push becomes visible: written at the origin, never read through the
     // edge, and yet the edge serves it from KV.
     let v1 = put(&origin_url("page/a"), &json!({"n": 1})).await?;
-    kv_has(&edge_url("page/a"), v1)
-        .await
-        .with_context(|| edge.log_tail())?;
-    ensure!(origin.metric("prefold_publish_pushed_total").await? >= 1.0);
+    // Not a read before the push lands: a miss would fill KV itself.
+    poll(
+        "the edge to take the push",
+        Duration::from_secs(30),
+        || async {
+            (origin.metric("prefold_publish_pushed_total").await.ok()? >= 1.0).then_some(())
+        },
+    )
+    .await
+    .with_context(|| edge.log_tail())?;
+    let r = get(&edge_url("page/a"), &[]).await?;
+    assert_eq!(
+        (header(&r, "x-prefold-source"), version(&r)),
+        ("kv".into(), v1)
+    );
     // A hit never reaches the origin.
     let before = origin.metric("prefold_object_requests_total").await?;
     let r = get(&edge_url("page/a"), &[]).await?;
@@ -117,6 +128,40 @@ async fn publication_reaches_kv_by_push_and_a_lost_push_by_the_scheduled_pull() 
         origin.metric("prefold_object_requests_total").await?,
         before,
         "KV hits and 304s are answered without the origin"
+    );
+
+    // A hot key: 40 writes back to back. The edge writes KV at most once
+    // per second per key, and the last version wins.
+    // It is in KV first (pushed), so the reads below are hits, never fills.
+    let pushed = origin.metric("prefold_publish_pushed_total").await?;
+    put(&origin_url("page/hot"), &json!({"i": -1})).await?;
+    poll(
+        "the first push of page/hot",
+        Duration::from_secs(30),
+        || async {
+            (origin.metric("prefold_publish_pushed_total").await.ok()? > pushed).then_some(())
+        },
+    )
+    .await?;
+    let pushed = origin.metric("prefold_publish_pushed_total").await?;
+    let started = std::time::Instant::now();
+    let mut last = 0;
+    for i in 0..40 {
+        last = put(&origin_url("page/hot"), &json!({"i": i})).await?;
+    }
+    kv_has(&edge_url("page/hot"), last).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let writes = origin.metric("prefold_publish_pushed_total").await? - pushed;
+    ensure!(
+        writes >= 1.0 && writes <= seconds.ceil() + 1.0,
+        "{writes} KV writes of one key in {seconds:.2} s"
+    );
+    assert_eq!(
+        get(&edge_url("page/hot"), &[])
+            .await?
+            .json::<Value>()
+            .await?,
+        json!({"i": 39})
     );
 
     // From here on pushes are lost.
