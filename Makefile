@@ -48,7 +48,8 @@ wasm:
 edge:
 	scripts/build-edge.sh
 	@raw=$$(stat -c %s edge/build/index_bg.wasm); gz=$$(gzip -9c edge/build/index_bg.wasm | wc -c); \
-	  echo "edge wasm: $$raw bytes raw, $$gz bytes gzip"
+	  echo "edge wasm: $$raw bytes raw, $$gz bytes gzip"; \
+	  if [ "$$gz" -gt 204800 ]; then echo "edge wasm is over its 200 KiB gzip budget" >&2; exit 1; fi
 
 ## `wrangler deploy --dry-run` on the real wrangler.toml, offline and without
 ## credentials, reusing edge/build/; prints one line naming the bindings and

@@ -8,7 +8,8 @@
 //!   targets (A B C, B C A, …) so that drift of this shared machine falls on
 //!   all of them alike, and each figure is the median over the repetitions.
 //! - **edge**: requests through `wrangler dev` (KV hit; KV miss → origin)
-//!   against the origin directly, and the Worker's Wasm size.
+//!   against the origin directly, and the Worker's Wasm size with what
+//!   dominates it (`twiggy top`, grouped by crate).
 //! - **micro**: the criterion benchmarks in `bench/benches/micro.rs` (run by
 //!   `make bench` before this program), read from `target/criterion`.
 //! - **storage**: acknowledged writes per durability mode against synchronous
@@ -39,7 +40,7 @@ use clap::{Parser, ValueEnum};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use load::{wrk, Run, Sample, Server};
 use prefold_e2e::{free_port, EdgeProc, OriginProc};
-use report::{EdgeRow, MicroRow, ReadRow, Report, WasmSize};
+use report::{EdgeRow, MicroRow, ReadRow, Report, WasmGroup, WasmSize};
 use storage::StorageReport;
 use views::ViewsReport;
 
@@ -306,6 +307,9 @@ async fn edge_path(mode: &Mode, work: &Path) -> Result<Vec<EdgeRow>> {
     Ok(rows)
 }
 
+/// The deployed Worker's Wasm (`edge/build/index_bg.wasm`): its size raw and
+/// gzip -9, and what dominates it ([`wasm_dominant`]; a note instead when
+/// that cannot be measured).
 fn wasm_size() -> Result<WasmSize> {
     use std::io::Write;
     let path = prefold_e2e::repo_root().join("edge/build/index_bg.wasm");
@@ -313,10 +317,200 @@ fn wasm_size() -> Result<WasmSize> {
         std::fs::read(&path).with_context(|| format!("{} (build the edge)", path.display()))?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&raw)?;
+    let (dominant, dominant_note) = match wasm_dominant(&path) {
+        Ok(groups) => (groups, None),
+        Err(e) => {
+            eprintln!("edge wasm: what dominates it is not measured: {e:#}");
+            (Vec::new(), Some(format!("{e:#}")))
+        }
+    };
     Ok(WasmSize {
         raw: raw.len() as u64,
         gzip: gz.finish()?.len() as u64,
+        dominant,
+        dominant_note,
     })
+}
+
+/// How many groups "what dominates" lists; the rest are summed in one row.
+const WASM_GROUPS: usize = 14;
+
+/// What dominates a Wasm module: `twiggy top` over it, grouped by crate (or
+/// by part of the module: name section, data segments, bindings glue),
+/// largest first. It needs the module's name section, which worker-build
+/// keeps (it runs wasm-opt with `--debuginfo`), and twiggy, which
+/// `scripts/bench-tools.sh` installs.
+fn wasm_dominant(wasm: &Path) -> Result<Vec<WasmGroup>> {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        name: String,
+        shallow_size: u64,
+    }
+    let twiggy = twiggy_bin().context("twiggy is not installed (scripts/bench-tools.sh)")?;
+    let out = std::process::Command::new(&twiggy)
+        .args(["top", "-f", "json"])
+        .arg(wasm)
+        .output()
+        .with_context(|| format!("running {}", twiggy.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "twiggy top failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let items: Vec<Item> = serde_json::from_slice(&out.stdout).context("twiggy's JSON")?;
+    anyhow::ensure!(
+        items.iter().any(|i| i.name.contains("\"function names\"")),
+        "{} has no name section, so its functions cannot be attributed",
+        wasm.display()
+    );
+    // Each group with the size of its largest item.
+    let mut groups: Vec<(WasmGroup, u64)> = Vec::new();
+    for item in items {
+        let name = wasm_group(&item.name);
+        let i = match groups.iter().position(|(g, _)| g.group == name) {
+            Some(i) => i,
+            None => {
+                let group = WasmGroup {
+                    group: name,
+                    bytes: 0,
+                    items: 0,
+                    largest: String::new(),
+                };
+                groups.push((group, 0));
+                groups.len() - 1
+            }
+        };
+        let (g, largest) = &mut groups[i];
+        g.bytes += item.shallow_size;
+        g.items += 1;
+        if item.shallow_size > *largest || g.largest.is_empty() {
+            *largest = item.shallow_size;
+            g.largest = item.name;
+        }
+    }
+    groups.sort_by(|(a, _), (b, _)| b.bytes.cmp(&a.bytes).then_with(|| a.group.cmp(&b.group)));
+    if groups.len() > WASM_GROUPS {
+        let rest = groups.split_off(WASM_GROUPS - 1);
+        let largest = rest.iter().max_by_key(|(_, size)| *size);
+        let group = WasmGroup {
+            group: format!("{} smaller groups", rest.len()),
+            bytes: rest.iter().map(|(g, _)| g.bytes).sum(),
+            items: rest.iter().map(|(g, _)| g.items).sum(),
+            largest: largest.map(|(g, _)| g.largest.clone()).unwrap_or_default(),
+        };
+        groups.push((group, 0));
+    }
+    Ok(groups.into_iter().map(|(g, _)| g).collect())
+}
+
+/// twiggy on the `PATH`, else where `cargo install` puts it.
+fn twiggy_bin() -> Option<PathBuf> {
+    let on_path = std::process::Command::new("twiggy")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if on_path {
+        return Some(PathBuf::from("twiggy"));
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
+    Some(cargo_home.join("bin/twiggy")).filter(|p| p.is_file())
+}
+
+/// The group of one twiggy item: a part of the module (name section, data
+/// segments, bindings glue, the async handlers) or the crate its function
+/// comes from, with a few crates that belong together named as one.
+fn wasm_group(item: &str) -> String {
+    if item.starts_with('"') || item.starts_with("custom section") {
+        return "name section and custom sections".into();
+    }
+    if item.starts_with("data segment") {
+        return "data segments (strings, tables, panic locations)".into();
+    }
+    if item.starts_with("js_sys::futures::future_to_promise::{{closure}}::{{closure}}") {
+        // `#[event(fetch)]` and `#[event(scheduled)]` futures: the edge's
+        // handlers, with whatever was inlined into them.
+        return "async handlers (edge code inlined into future_to_promise)".into();
+    }
+    if item.starts_with("__wbg")
+        || item.starts_with("__wbindgen")
+        || item.starts_with("__externref")
+        || item.starts_with("export ")
+        || item.starts_with("import ")
+        || item.contains(" shim")
+    {
+        return "wasm-bindgen exports, imports and shims".into();
+    }
+    if !item.contains("::") {
+        return "unnamed code, tables and types".into();
+    }
+    let krate = item_crate(item);
+    let group = match krate.as_str() {
+        "core" | "alloc" | "std" | "dlmalloc" | "compiler_builtins" | "__rustc" | "" => {
+            if item.contains("fmt") || item.contains("panic") {
+                "std: fmt and panics"
+            } else {
+                "std: alloc, collections, str, sort"
+            }
+        }
+        "js_sys" | "web_sys" | "wasm_bindgen" | "wasm_bindgen_futures" | "wasm_streams" => {
+            "wasm-bindgen, js-sys, web-sys"
+        }
+        "worker" | "worker_sys" | "worker_kv" => "worker (workers-rs)",
+        "serde" | "serde_core" => "serde",
+        "hmac" | "sha2" | "digest" | "block_buffer" | "crypto_common" | "generic_array" => {
+            "hmac, sha2 (RustCrypto)"
+        }
+        "toml" | "toml_parser" | "toml_datetime" | "serde_spanned" | "winnow" => "toml",
+        "url" | "idna" | "idna_adapter" | "percent_encoding" | "form_urlencoded" => {
+            "url, idna (URL parsing)"
+        }
+        k if k.starts_with("icu_") => "url, idna (URL parsing)",
+        k => return k.to_owned(),
+    };
+    group.into()
+}
+
+/// The crate a demangled item name comes from: the first path segment of
+/// its own type (`<serde_json::Value as Trait>::f` is serde_json's), or of
+/// the trait when the type is a primitive (`<f64 as core::fmt::Display>`).
+/// Disambiguators such as `core[c5930c85a12de822]` are dropped, and
+/// primitive types count as `core`.
+fn item_crate(item: &str) -> String {
+    let first_segment = |path: &str| -> Option<String> {
+        let path = path.trim_start_matches(['&', '*', '(', '[', ' ']);
+        let path = ["mut ", "const ", "dyn "]
+            .iter()
+            .fold(path, |p, prefix| p.strip_prefix(prefix).unwrap_or(p));
+        let head = path.split(['<', ' ']).next().unwrap_or_default();
+        let (krate, _) = head.split_once("::")?;
+        Some(krate.split('[').next().unwrap_or(krate).to_owned())
+    };
+    let Some(inner) = item.strip_prefix('<') else {
+        return first_segment(item).unwrap_or_default();
+    };
+    // `<Type as Trait>::f`: split at the ` as ` outside any nested `<…>`.
+    let mut depth = 0usize;
+    let (mut ty, mut tr) = (inner, None);
+    for (i, c) in inner.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' if depth == 0 => {
+                ty = &inner[..i];
+                break;
+            }
+            '>' => depth -= 1,
+            ' ' if depth == 0 && inner[i..].starts_with(" as ") => {
+                (ty, tr) = (&inner[..i], Some(&inner[i + 4..]));
+                break;
+            }
+            _ => {}
+        }
+    }
+    first_segment(ty)
+        .or_else(|| tr.and_then(first_segment))
+        .unwrap_or_else(|| "core".to_owned())
 }
 
 /// Reads criterion's medians from `target/criterion/*/…/new/`.
@@ -417,4 +611,46 @@ async fn main() -> Result<()> {
         eprintln!("results: {}", args.out.join("views.md").display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{item_crate, wasm_group};
+
+    #[test]
+    fn twiggy_items_are_grouped_by_crate() {
+        let cases = [
+            ("serde_json::de::from_str::habe349f1e156de1c", "serde_json"),
+            (
+                "<&mut serde_json::de::Deserializer<R> as serde_core::de::Deserializer>::deserialize_any::h38",
+                "serde_json",
+            ),
+            ("<f64 as core[c5930c85a12de822]::fmt::Display>::fmt", "std: fmt and panics"),
+            (
+                "alloc::collections::btree::map::BTreeMap<K,V,A>::insert::h77",
+                "std: alloc, collections, str, sort",
+            ),
+            ("sha2::sha256::compress256::ha6", "hmac, sha2 (RustCrypto)"),
+            ("url::host::Host<alloc::borrow::Cow<str>>::parse_cow::h18", "url, idna (URL parsing)"),
+            ("icu_normalizer::compose_non_hangul::hc6", "url, idna (URL parsing)"),
+            ("worker::request::Request::new_with_init::h98", "worker (workers-rs)"),
+            ("prefold_core::auth::verify::hbe", "prefold_core"),
+            (
+                "js_sys::futures::future_to_promise::{{closure}}::{{closure}}::h7c",
+                "async handlers (edge code inlined into future_to_promise)",
+            ),
+            ("\"function names\" subsection", "name section and custom sections"),
+            ("data segment \".rodata.33\"", "data segments (strings, tables, panic locations)"),
+            ("__wbg_set_containerstartupoptions_entrypoint", "wasm-bindgen exports, imports and shims"),
+            ("code[1119]", "unnamed code, tables and types"),
+        ];
+        for (item, group) in cases {
+            assert_eq!(wasm_group(item), group, "{item}");
+        }
+        assert_eq!(item_crate("<char>::escape_debug_ext"), "core");
+        assert_eq!(
+            item_crate("<worker::request::Request as core::convert::From<web_sys::Request>>::from"),
+            "worker"
+        );
+    }
 }

@@ -69,13 +69,34 @@ pub struct MicroRow {
     pub median_ns: f64,
 }
 
-/// The Worker's Wasm size.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// The Worker's Wasm size, and what dominates it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WasmSize {
     /// Bytes as deployed.
     pub raw: u64,
     /// Bytes gzip -9.
     pub gzip: u64,
+    /// The largest parts of the module by crate (`twiggy top`, grouped),
+    /// largest first; empty when they could not be measured.
+    #[serde(default)]
+    pub dominant: Vec<WasmGroup>,
+    /// Why `dominant` is empty (twiggy missing, no name section), if it is.
+    #[serde(default)]
+    pub dominant_note: Option<String>,
+}
+
+/// One crate, or one part of the module (name section, data segments, glue),
+/// and the bytes its items take in the deployed Wasm.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WasmGroup {
+    /// The crate or part, e.g. `serde_json` or `data segments`.
+    pub group: String,
+    /// Shallow bytes of its items.
+    pub bytes: u64,
+    /// How many items (functions, data segments, sections).
+    pub items: u64,
+    /// Its largest item, as twiggy names it.
+    pub largest: String,
 }
 
 /// Everything one `prefold-bench` run produced.
@@ -139,6 +160,45 @@ pub fn command_line(cmd: &str, args: &[&str]) -> String {
 pub fn machine_table(machine: &[(String, String)]) -> Vec<String> {
     let mut out = vec!["| | |".to_owned(), "|---|---|".to_owned()];
     out.extend(machine.iter().map(|(k, v)| format!("| {k} | {v} |")));
+    out.push(String::new());
+    out
+}
+
+/// "What dominates" the edge Wasm, as Markdown lines: one row per crate or
+/// part of the module, or the note saying why there are none (nothing at all
+/// for reports written before this table existed, which have neither).
+fn wasm_dominant_table(w: &WasmSize) -> Vec<String> {
+    let mut out = vec!["### What dominates".to_owned(), String::new()];
+    if w.dominant.is_empty() {
+        let Some(note) = &w.dominant_note else {
+            return Vec::new();
+        };
+        out.push(format!("Not measured: {note}."));
+        out.push(String::new());
+        return out;
+    }
+    out.push(
+        "`twiggy top` over the same file (worker-build keeps its name section), grouped by \
+         crate. Bytes are shallow and raw: code inlined into an async handler counts where it \
+         was inlined."
+            .to_owned(),
+    );
+    out.push(String::new());
+    out.push("| crate or part | bytes | share | items | largest item |".to_owned());
+    out.push("|---|---:|---:|---:|---|".to_owned());
+    for g in &w.dominant {
+        let mut largest = g.largest.replace('|', "\\|");
+        if largest.chars().count() > 70 {
+            largest = largest.chars().take(69).chain(['…']).collect();
+        }
+        out.push(format!(
+            "| {} | {} | {:.1} % | {} | `{largest}` |",
+            g.group,
+            g.bytes,
+            100.0 * g.bytes as f64 / w.raw.max(1) as f64,
+            g.items,
+        ));
+    }
     out.push(String::new());
     out
 }
@@ -405,7 +465,7 @@ impl Report {
             }
             line("");
         }
-        if let Some(w) = self.wasm {
+        if let Some(w) = &self.wasm {
             line("## Edge Wasm size");
             line("");
             line(&format!(
@@ -416,6 +476,9 @@ impl Report {
                 w.gzip as f64 / 1024.0
             ));
             line("");
+            for l in wasm_dominant_table(w) {
+                line(&l);
+            }
         }
         if !self.micro.is_empty() {
             line("## Micro benchmarks (criterion medians)");
@@ -487,7 +550,7 @@ impl Report {
                 yes(ns <= 1000.0)
             ));
         }
-        if let Some(w) = self.wasm {
+        if let Some(w) = &self.wasm {
             out.push(format!(
                 "| edge Wasm ≤ 200 KiB gzip | {:.1} KiB | {} |",
                 w.gzip as f64 / 1024.0,

@@ -252,7 +252,9 @@ async fn pull_origin(
     }
     if cursor != start {
         *budget -= 1;
-        kv.put(&name, cursor.to_string())?.execute().await?;
+        kv.put_bytes(&name, cursor.to_string().as_bytes())?
+            .execute()
+            .await?;
     }
     Ok((seen, cursor))
 }

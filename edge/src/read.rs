@@ -60,7 +60,7 @@ pub(crate) async fn get_object(
     // A query (a page by cursor, an index range, a text query, a set
     // membership) is answered by the view state on the owner, never by the
     // published object in KV.
-    if let Some(query) = req.url().ok().and_then(|u| u.query().map(str::to_owned)) {
+    if let Some(query) = crate::query_of(req) {
         return query_owner(req, edge, &key, &query).await;
     }
     let cookies = req.headers().get("cookie")?;

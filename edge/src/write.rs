@@ -87,12 +87,10 @@ pub(crate) async fn write_object(
 
     let owner = edge.cfg.origins.owner(&key);
     let mut url = object_url(owner, &key);
-    let https = req.url().is_ok_and(|u| u.scheme() == "https");
-    if let Ok(u) = req.url() {
-        if let Some(q) = u.query() {
-            url.push('?');
-            url.push_str(q);
-        }
+    let https = crate::is_https(&req);
+    if let Some(q) = crate::query_of(&req) {
+        url.push('?');
+        url.push_str(&q);
     }
     let headers = Headers::new();
     for name in [
