@@ -581,6 +581,16 @@ async fn main() -> Result<()> {
     let mut report = Report::new(mode.name, mode.reps, mode.duration, mode.edge_duration);
     if parts.contains(&Part::Read) {
         report.read = read_path(&mode, work.path()).await?;
+    } else if let Ok(previous) = Report::load(&args.out) {
+        // `--only edge,micro` keeps the read path's last results, saying
+        // where they come from, rather than dropping them from latest.md.
+        report.read_from = Some(
+            previous
+                .read_from
+                .clone()
+                .unwrap_or_else(|| previous.made_at()),
+        );
+        report.read = previous.read;
     }
     if parts.contains(&Part::Edge) {
         report.edge = edge_path(&mode, work.path()).await?;

@@ -119,6 +119,10 @@ pub struct Report {
     /// Wasm size.
     pub wasm: Option<WasmSize>,
     machine: Vec<(String, String)>,
+    /// When the read path was not re-run (`--only` without `read`): the
+    /// date and commit of the run its rows come from.
+    #[serde(default)]
+    pub read_from: Option<String>,
 }
 
 /// The median of some numbers (NaN for none).
@@ -295,7 +299,19 @@ impl Report {
             micro: Vec::new(),
             wasm: None,
             machine: machine(),
+            read_from: None,
         }
+    }
+
+    /// The date and commit this report was made at.
+    pub fn made_at(&self) -> String {
+        let get = |k: &str| {
+            self.machine
+                .iter()
+                .find(|(n, _)| n.starts_with(k))
+                .map_or("?", |(_, v)| v.as_str())
+        };
+        format!("{} UTC, commit {}", get("date"), get("commit"))
     }
 
     fn cell(&self, target: &str, size: usize, connections: u32) -> Option<Cell> {
@@ -384,6 +400,12 @@ impl Report {
         if !self.read.is_empty() {
             line("## Read path: hot `GET /o/{key}`");
             line("");
+            if let Some(from) = &self.read_from {
+                line(&format!(
+                    "Not re-run with the rest of this report: these rows are from the run of {from}."
+                ));
+                line("");
+            }
             line(
                 "prefold-origin (hot tier) against nginx serving the same bytes as static files \
                   (`sendfile on`, one worker per core, access log off) and against the floor, a \
