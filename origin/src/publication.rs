@@ -413,10 +413,174 @@ pub fn unix_micros() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::dirty::{Dirty, Limits};
+    use crate::engine::{Durability, Options, Write};
+    use crate::hot::HotTier;
+    use crate::ops::Op;
+    use bytes::Bytes;
+    use prefold_core::publish::{Batch, Deferred};
+    use prefold_core::Preconditions;
 
     fn key(s: &str) -> Key {
         Key::parse(s).unwrap()
+    }
+
+    /// An engine that records into `changes`, over an in-memory store.
+    fn engine(changes: &Arc<Changes>) -> Arc<Engine> {
+        Arc::new(Engine::start(
+            vec![Default::default()],
+            Arc::new(HotTier::new(1 << 24)),
+            Arc::new(Dirty::new(Limits {
+                max_keys: 1000,
+                max_bytes: 1 << 24,
+            })),
+            None,
+            Arc::new(object_store::memory::InMemory::new()),
+            Options {
+                load_timeout: Duration::from_secs(5),
+                max_body_bytes: 1 << 20,
+                check: None,
+                derived_flush_delay: Duration::ZERO,
+                changes: Some(changes.clone()),
+            },
+        ))
+    }
+
+    async fn put(engine: &Engine, k: &str, n: u32) -> u64 {
+        let w = Write {
+            key: key(k),
+            op: Op::Put {
+                content_type: "application/json".into(),
+                body: Bytes::from(format!("{{\"n\":{n}}}")),
+            },
+            preconditions: Preconditions::default(),
+            durability: Durability::Memory,
+        };
+        engine.write(w).await.unwrap().object.version
+    }
+
+    /// A stand-in for the edge (the pusher is what is tested): it records
+    /// each batch as (key, version) pairs with the time it came, and defers
+    /// `hold/1` once, for 300 ms.
+    async fn fake_edge() -> (String, Arc<Mutex<Vec<Sent>>>) {
+        use axum::routing::post;
+        let seen: Arc<Mutex<Vec<Sent>>> = Arc::default();
+        let log = seen.clone();
+        let app = axum::Router::new().route(
+            PUBLISH_PATH,
+            post(move |body: Bytes| {
+                let log = log.clone();
+                async move {
+                    let batch = Batch::parse(&body).unwrap();
+                    let items: Vec<(String, u64)> =
+                        batch.items.iter().map(|i| (i.k.to_string(), i.v)).collect();
+                    let mut log = log.lock().unwrap();
+                    let first_hold = !log
+                        .iter()
+                        .any(|(_, b)| b.iter().any(|(k, _)| k == "hold/1"));
+                    let mut reply = PushReply::default();
+                    for (k, _) in &items {
+                        if k == "hold/1" && first_hold {
+                            reply.deferred.push(Deferred {
+                                k: k.clone(),
+                                after_ms: 300,
+                            });
+                        } else {
+                            reply.written += 1;
+                        }
+                    }
+                    log.push((Instant::now(), items));
+                    axum::Json(reply)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, seen)
+    }
+
+    /// One batch as the fake edge saw it.
+    type Sent = (Instant, Vec<(String, u64)>);
+
+    /// Polls the fake edge's log (10 s at most).
+    async fn wait_for(seen: &Mutex<Vec<Sent>>, pred: impl Fn(&[Sent]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if pred(&seen.lock().unwrap()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {:?}",
+                seen.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn pushes_carry_the_latest_version_once_and_honour_deferrals() {
+        let changes = Arc::new(Changes::new(true));
+        let engine = engine(&changes);
+        let (edge_url, seen) = fake_edge().await;
+        let stop = CancellationToken::new();
+        let pusher = Pusher {
+            changes: changes.clone(),
+            engine: engine.clone(),
+            edge_url,
+            cluster_secret: "c".repeat(32).parse().unwrap(),
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_secs(5),
+            fault_file: None,
+        };
+        // Five writes before the pusher runs: one item, the last version.
+        let mut last = 0;
+        for n in 0..5 {
+            last = put(&engine, "page/1", n).await;
+        }
+        put(&engine, "hold/1", 0).await;
+        let task = tokio::spawn(pusher.run(stop.clone()));
+        let has = |log: &[Sent], k: &str| {
+            log.iter()
+                .flat_map(|(_, b)| b)
+                .filter(|(kk, _)| kk == k)
+                .count()
+        };
+        wait_for(&seen, |log| {
+            has(log, "page/1") >= 1 && has(log, "hold/1") >= 1
+        })
+        .await;
+        {
+            let log = seen.lock().unwrap();
+            let page: Vec<u64> = log
+                .iter()
+                .flat_map(|(_, b)| b)
+                .filter(|(k, _)| k == "page/1")
+                .map(|(_, v)| *v)
+                .collect();
+            assert_eq!(page, [last], "one push, latest version");
+        }
+        // The deferred key comes again, no sooner than the edge allowed,
+        // with the version that is newest by then.
+        let newer = put(&engine, "hold/1", 1).await;
+        wait_for(&seen, |log| has(log, "hold/1") >= 2).await;
+        let log = seen.lock().unwrap().clone();
+        let holds: Vec<(Instant, u64)> = log
+            .iter()
+            .flat_map(|(t, b)| {
+                b.iter()
+                    .filter(|(k, _)| k == "hold/1")
+                    .map(move |(_, v)| (*t, *v))
+            })
+            .collect();
+        assert!(holds[1].0.duration_since(holds[0].0) >= Duration::from_millis(300));
+        assert_eq!(holds[1].1, newer);
+        assert_eq!(has(&log, "page/1"), 1, "a key written once is pushed once");
+        stop.cancel();
+        task.await.unwrap();
     }
 
     #[test]

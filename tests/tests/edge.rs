@@ -59,6 +59,16 @@ async fn kv_has(url: &str, want: u64) -> Result<()> {
     .await
 }
 
+/// Waits until an origin's metric is above `floor`.
+async fn metric_above(origin: &OriginProc, name: &str, floor: f64) -> Result<()> {
+    poll(
+        &format!("{name} > {floor}"),
+        Duration::from_secs(30),
+        || async { (origin.metric(name).await.ok()? > floor).then_some(()) },
+    )
+    .await
+}
+
 /// Runs the edge's Cron Trigger once (`wrangler dev --test-scheduled`).
 async fn run_cron(edge: &EdgeProc) -> Result<()> {
     let r = bare_client()
@@ -99,15 +109,9 @@ async fn publication_reaches_kv_by_push_and_a_lost_push_by_the_scheduled_pull() 
     // edge, and yet the edge serves it from KV.
     let v1 = put(&origin_url("page/a"), &json!({"n": 1})).await?;
     // Not a read before the push lands: a miss would fill KV itself.
-    poll(
-        "the edge to take the push",
-        Duration::from_secs(30),
-        || async {
-            (origin.metric("prefold_publish_pushed_total").await.ok()? >= 1.0).then_some(())
-        },
-    )
-    .await
-    .with_context(|| edge.log_tail())?;
+    metric_above(&origin, "prefold_publish_pushed_total", 0.0)
+        .await
+        .with_context(|| edge.log_tail())?;
     let r = get(&edge_url("page/a"), &[]).await?;
     assert_eq!(
         (header(&r, "x-prefold-source"), version(&r)),
@@ -135,14 +139,7 @@ async fn publication_reaches_kv_by_push_and_a_lost_push_by_the_scheduled_pull() 
     // It is in KV first (pushed), so the reads below are hits, never fills.
     let pushed = origin.metric("prefold_publish_pushed_total").await?;
     put(&origin_url("page/hot"), &json!({"i": -1})).await?;
-    poll(
-        "the first push of page/hot",
-        Duration::from_secs(30),
-        || async {
-            (origin.metric("prefold_publish_pushed_total").await.ok()? > pushed).then_some(())
-        },
-    )
-    .await?;
+    metric_above(&origin, "prefold_publish_pushed_total", pushed).await?;
     let pushed = origin.metric("prefold_publish_pushed_total").await?;
     let started = std::time::Instant::now();
     let mut last = 0;
@@ -177,14 +174,7 @@ async fn publication_reaches_kv_by_push_and_a_lost_push_by_the_scheduled_pull() 
     // A lost push: the edge still has the old version...
     let dropped = origin.metric("prefold_publish_dropped_total").await?;
     let v2 = put(&origin_url("page/a"), &json!({"n": 2})).await?;
-    poll(
-        "the push to be dropped",
-        Duration::from_secs(10),
-        || async {
-            (origin.metric("prefold_publish_dropped_total").await.ok()? > dropped).then_some(())
-        },
-    )
-    .await?;
+    metric_above(&origin, "prefold_publish_dropped_total", dropped).await?;
     let r = get(&edge_url("page/a"), &[]).await?;
     assert_eq!(
         (header(&r, "x-prefold-source"), version(&r)),
