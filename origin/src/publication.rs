@@ -463,7 +463,7 @@ mod tests {
 
     /// A stand-in for the edge (the pusher is what is tested): it records
     /// each batch as (key, version) pairs with the time it came, and defers
-    /// `hold/1` once, for 300 ms.
+    /// `hold/1` once, for 1.5 s.
     async fn fake_edge() -> (String, Arc<Mutex<Vec<Sent>>>) {
         use axum::routing::post;
         let seen: Arc<Mutex<Vec<Sent>>> = Arc::default();
@@ -485,7 +485,7 @@ mod tests {
                         if k == "hold/1" && first_hold {
                             reply.deferred.push(Deferred {
                                 k: k.clone(),
-                                after_ms: 300,
+                                after_ms: 1_500,
                             });
                         } else {
                             reply.written += 1;
@@ -576,7 +576,9 @@ mod tests {
                     .map(move |(_, v)| (*t, *v))
             })
             .collect();
-        assert!(holds[1].0.duration_since(holds[0].0) >= Duration::from_millis(300));
+        // Longer than the pusher's own one-second gap, so only the
+        // deferral explains it.
+        assert!(holds[1].0.duration_since(holds[0].0) >= Duration::from_millis(1_500));
         assert_eq!(holds[1].1, newer);
         assert_eq!(has(&log, "page/1"), 1, "a key written once is pushed once");
         stop.cancel();
