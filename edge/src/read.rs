@@ -79,8 +79,8 @@ pub(crate) async fn get_object(
         (Some(body), Some(meta)) => meta.version().map(|v| (body, meta, v)),
         _ => None,
     };
-    if let Some((body, meta, version)) = &copy {
-        if needed.is_none_or(|n| *version >= n) {
+    let copy = match copy {
+        Some((body, meta, version)) if needed.is_none_or(|n| version >= n) => {
             if meta.gone {
                 return Err(EdgeError::NotFound);
             }
@@ -88,15 +88,16 @@ pub(crate) async fn get_object(
                 req,
                 edge,
                 Found {
-                    body: body.clone(),
-                    content_type: meta.ct.clone(),
-                    version: *version,
+                    body,
+                    content_type: meta.ct,
+                    version,
                     source: "kv",
                     stale: false,
                 },
             );
         }
-    }
+        older => older,
+    };
     match fetch_from_origins(edge, &key).await {
         Ok(Fetched::Found(found)) => {
             if found.source == "origin" {
