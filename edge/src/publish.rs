@@ -21,6 +21,7 @@ use std::collections::HashMap;
 
 use futures::future::join_all;
 use prefold_core::auth::authorize_cluster;
+use prefold_core::config::MAX_BODY_BYTES_CEILING;
 use prefold_core::publish::{
     cursor_key, kv_decision, Batch, Deferred, Item, KvDecision, KvMeta, PushReply, CHANGES_PATH,
     MAX_BATCH_BYTES, MAX_BATCH_ITEMS,
@@ -33,8 +34,10 @@ use crate::{call_origin, Edge, EdgeError, KV_BINDING};
 /// KV operations the pull allows itself per invocation (the platform allows
 /// 1,000): room for one more page of [`MAX_BATCH_ITEMS`] plus the cursors.
 const PULL_KV_BUDGET: usize = 800;
-/// The largest push body accepted: a full batch and its JSON framing.
-const MAX_PUSH_BYTES: usize = MAX_BATCH_BYTES + (1 << 20);
+/// The largest push body accepted: a full batch plus the one object that
+/// may overflow it (at most the largest object an origin accepts), and
+/// JSON framing. Well inside the Workers request body limit (100 MB).
+const MAX_PUSH_BYTES: usize = MAX_BATCH_BYTES + MAX_BODY_BYTES_CEILING as usize + (1 << 20);
 
 /// `POST /_prefold/publish`: a batch from an origin (cluster token).
 pub(crate) async fn accept_push(mut req: Request, edge: &Edge<'_>) -> Result<Response, EdgeError> {
