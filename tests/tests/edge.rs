@@ -79,28 +79,32 @@ async fn run_cron(edge: &EdgeProc) -> Result<()> {
     Ok(())
 }
 
-/// An origin that pushes to the edge on `edge_port`, with a fault file.
-async fn pushing_origin(dir: &Path, edge_port: u16) -> Result<OriginProc> {
+/// An origin that pushes to the edge on `edge_port`, with a fault file
+/// (initially `faults`) and `extra` flags.
+async fn pushing_origin(
+    dir: &Path,
+    edge_port: u16,
+    faults: &str,
+    extra: &[&str],
+) -> Result<OriginProc> {
     let edge_url = format!("http://127.0.0.1:{edge_port}");
-    let faults = dir.join("faults");
-    std::fs::write(&faults, "")?;
-    OriginProc::start(
-        &dir.join("origin"),
-        &[
-            "--edge-url",
-            &edge_url,
-            "--fault-file",
-            faults.to_str().context("utf-8 path")?,
-        ],
-    )
-    .await
+    let fault_file = dir.join("faults");
+    std::fs::write(&fault_file, faults)?;
+    let mut args = vec![
+        "--edge-url",
+        &edge_url,
+        "--fault-file",
+        fault_file.to_str().context("utf-8 path")?,
+    ];
+    args.extend_from_slice(extra);
+    OriginProc::start(&dir.join("origin"), &args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publication_reaches_kv_by_push_and_a_lost_push_by_the_scheduled_pull() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
-    let origin = pushing_origin(dir.path(), port).await?;
+    let origin = pushing_origin(dir.path(), port, "", &[]).await?;
     let edge = EdgeProc::start_on(port, &format!("origin-1={}", origin.url()), &[]).await?;
     let edge_url = |k: &str| format!("{}/o/{k}", edge.url());
     let origin_url = |k: &str| format!("{}/o/{k}", origin.url());
@@ -223,9 +227,8 @@ async fn publication_reaches_kv_by_push_and_a_lost_push_by_the_scheduled_pull() 
 async fn a_client_reads_its_own_writes_while_kv_is_behind() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
-    let origin = pushing_origin(dir.path(), port).await?;
     // KV only learns through fills: the fence, not publication, must do it.
-    std::fs::write(dir.path().join("faults"), "push=drop")?;
+    let origin = pushing_origin(dir.path(), port, "push=drop", &[]).await?;
     let edge = EdgeProc::start_on(port, &format!("origin-1={}", origin.url()), &[]).await?;
     let edge_url = |k: &str| format!("{}/o/{k}", edge.url());
     let v1 = put(&edge_url("page/c"), &json!({"n": 1})).await?;
@@ -280,6 +283,71 @@ async fn a_client_reads_its_own_writes_while_kv_is_behind() -> Result<()> {
     let r = get(&edge_url("page/c"), &[("x-prefold-min-version", "soon")]).await?;
     assert_eq!(r.status(), 400);
     assert_eq!(header(&r, "content-type"), "application/problem+json");
+    Ok(())
+}
+
+/// The case read-your-writes exists for: a user posts a comment and reloads
+/// the event's comment list — a view, derived on the origin — while KV still
+/// holds the list from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commenter_sees_the_new_comment_in_the_derived_list_at_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let model = prefold_e2e::repo_root().join("scripts/demo/model.toml");
+    let model = model.to_str().context("utf-8 path")?;
+    let origin = pushing_origin(dir.path(), port, "push=drop", &["--model", model]).await?;
+    let edge = EdgeProc::start_on(port, &format!("origin-1={}", origin.url()), &[]).await?;
+    let at_origin = |k: &str| format!("{}/o/{k}", origin.url());
+    for (key, doc) in [
+        ("venue/v1", json!({"name": "Hall", "city": "Oslo"})),
+        ("user/u1", json!({"name": "Ana", "country": "NO"})),
+        (
+            "event/e1",
+            json!({"title": "Jazz", "description": "-", "category": "music",
+                   "date": "2026-12-01", "venue": "v1"}),
+        ),
+        (
+            "comment/e1/u1.1",
+            json!({"event": "e1", "author": "u1", "ts": 1, "seq": 1, "text": "first"}),
+        ),
+    ] {
+        put(&at_origin(key), &doc).await?;
+    }
+    let list = format!("{}/o/event_comments/e1", edge.url());
+    poll("the list in KV", Duration::from_secs(30), || async {
+        let r = get(&list, &[]).await.ok()?;
+        let kv = header(&r, "x-prefold-source") == "kv";
+        (kv && r.text().await.ok()?.contains("first")).then_some(())
+    })
+    .await?;
+
+    let w = client()
+        .put(format!("{}/o/comment/e1/u1.2", edge.url()))
+        .json(&json!({"event": "e1", "author": "u1", "ts": 2, "seq": 2, "text": "second"}))
+        .send()
+        .await?;
+    assert_eq!(w.status(), 201);
+    let cookie = header(&w, "set-cookie")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    metric_above(&origin, "prefold_view_published_total", 2.0).await?;
+    poll(
+        "the view engine to settle",
+        Duration::from_secs(30),
+        || async { (origin.metric("prefold_view_pending").await.ok()? == 0.0).then_some(()) },
+    )
+    .await?;
+    // The commenter's reload shows the comment (from the origin)...
+    let mine = get(&list, &[("cookie", &cookie)]).await?;
+    assert_eq!(header(&mine, "x-prefold-source"), "origin");
+    let text = mine.text().await?;
+    assert!(text.contains("second") && text.contains("first"), "{text}");
+    // ...while KV, which no push reached, still has the list without it.
+    let theirs = get(&list, &[]).await?;
+    assert_eq!(header(&theirs, "x-prefold-source"), "kv");
+    assert!(!theirs.text().await?.contains("second"));
     Ok(())
 }
 
