@@ -47,12 +47,34 @@ pub fn origin_bin() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target/debug/prefold-origin"))
 }
 
-/// A loopback port nobody is listening on right now.
+/// A loopback port nobody is listening on right now, for a server that is
+/// started later (wrangler, or an origin list that must name its ports).
+///
+/// Taken below the kernel's ephemeral range: a port the kernel hands out
+/// (`127.0.0.1:0` listeners, every outgoing connection) could otherwise be
+/// given to someone else between this check and the server's bind. Within
+/// the process a counter walks the range; its start depends on the process
+/// id, so test binaries run one after another rarely start on the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(2048, 65535);
+    let (first, span) = (1024_u32, low - 1024);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(first + offset) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {low}");
 }
 
 /// The secret the test origins and edges verify write tokens with.
