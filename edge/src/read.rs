@@ -45,6 +45,20 @@ struct Found {
     stale: bool,
 }
 
+impl Found {
+    /// The KV copy; `stale` when the client needed newer and no origin
+    /// answered.
+    fn kv(body: Vec<u8>, meta: KvMeta, version: u64, stale: bool) -> Found {
+        Found {
+            body,
+            content_type: meta.ct,
+            version,
+            source: "kv",
+            stale,
+        }
+    }
+}
+
 /// What the origins said about a key.
 enum Fetched {
     Found(Found),
@@ -84,17 +98,7 @@ pub(crate) async fn get_object(
             if meta.gone {
                 return Err(EdgeError::NotFound);
             }
-            return object_response(
-                req,
-                edge,
-                Found {
-                    body,
-                    content_type: meta.ct,
-                    version,
-                    source: "kv",
-                    stale: false,
-                },
-            );
+            return object_response(req, edge, Found::kv(body, meta, version, false));
         }
         older => older,
     };
@@ -110,17 +114,7 @@ pub(crate) async fn get_object(
         Err(e) => match copy {
             Some((body, meta, version)) if !meta.gone => {
                 worker::console_warn!("serving a stale copy of {key}: {e:?}");
-                object_response(
-                    req,
-                    edge,
-                    Found {
-                        body,
-                        content_type: meta.ct,
-                        version,
-                        source: "kv",
-                        stale: true,
-                    },
-                )
+                object_response(req, edge, Found::kv(body, meta, version, true))
             }
             _ => Err(e),
         },
