@@ -47,8 +47,8 @@ use prefold_core::publish::PUBLISH_PATH;
 use prefold_core::{ConfigError, Key, KeyError, Origin, Problem, ProblemKind};
 use serde::Serialize;
 use worker::{
-    event, AbortController, Context, Delay, Env, Fetch, Headers, Method, Request, Response,
-    ScheduleContext, ScheduledEvent,
+    event, AbortController, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
+    Response, ScheduleContext, ScheduledEvent,
 };
 
 /// The KV namespace binding holding published objects.
@@ -318,6 +318,19 @@ fn query_of(req: &Request) -> Option<String> {
 /// Whether the request came over HTTPS (then cookies are `Secure`).
 fn is_https(req: &Request) -> bool {
     req.inner().url().starts_with("https:")
+}
+
+/// A `GET` of `url` carrying a cluster token (and any extra headers): how
+/// the edge makes the cluster's own calls to an origin.
+fn cluster_get(url: &str, token: &str, extra: &[(&str, &str)]) -> Result<Request, EdgeError> {
+    let headers = Headers::new();
+    headers.set("authorization", &format!("Bearer {token}"))?;
+    for (name, value) in extra {
+        headers.set(name, value)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    Ok(Request::new_with_init(url, &init)?)
 }
 
 /// Where an origin serves a key.

@@ -27,7 +27,7 @@ use prefold_core::publish::{
     MAX_BATCH_BYTES, MAX_BATCH_ITEMS,
 };
 use prefold_core::{Key, Origin};
-use worker::{Env, Headers, Method, Request, RequestInit, Response};
+use worker::{Env, Request, Response};
 
 use crate::{call_origin, Edge, EdgeError, KV_BINDING};
 
@@ -220,12 +220,8 @@ async fn pull_origin(
             "{}{CHANGES_PATH}?after={cursor}&limit={MAX_BATCH_ITEMS}",
             origin.url
         );
-        let headers = Headers::new();
-        headers.set("authorization", &format!("Bearer {token}"))?;
-        let mut init = RequestInit::new();
-        init.with_method(Method::Get).with_headers(headers);
         let (resp, body) = call_origin(
-            Request::new_with_init(&url, &init)?,
+            crate::cluster_get(&url, token, &[])?,
             &origin.name,
             edge.cfg.origin_timeout_ms,
         )

@@ -23,7 +23,7 @@ use prefold_core::http::{
 };
 use prefold_core::publish::{kv_decision, KvDecision, KvMeta};
 use prefold_core::Key;
-use worker::{Context, Headers, Method, Request, RequestInit, Response};
+use worker::{Context, Headers, Method, Request, Response};
 
 use crate::{call_origin, object_url, Edge, EdgeError};
 
@@ -133,14 +133,11 @@ async fn fetch_from_origins(edge: &Edge<'_>, key: &Key) -> Result<Fetched, EdgeE
         if failover && token.is_none() {
             break;
         }
-        let headers = Headers::new();
-        if let (true, Some(t)) = (failover, &token) {
-            headers.set(FAILOVER_HEADER, "1")?;
-            headers.set("authorization", &format!("Bearer {t}"))?;
-        }
-        let mut init = RequestInit::new();
-        init.with_method(Method::Get).with_headers(headers);
-        let req = Request::new_with_init(&object_url(origin, key), &init)?;
+        let url = object_url(origin, key);
+        let req = match (failover, &token) {
+            (true, Some(t)) => crate::cluster_get(&url, t, &[(FAILOVER_HEADER, "1")])?,
+            _ => Request::new(&url, Method::Get)?,
+        };
         let outcome = call_origin(req, &origin.name, edge.cfg.origin_timeout_ms).await;
         let failure = match outcome {
             Ok((resp, body)) => match resp.status_code() {

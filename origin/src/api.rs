@@ -54,7 +54,7 @@ use crate::hot::HotTier;
 use crate::metrics::{self, Snapshot};
 use crate::object::Object;
 use crate::ops::Op;
-use crate::publication::{unix_micros, unix_secs, Changes};
+use crate::publication::{add_to_batch, unix_secs, Changes};
 use crate::views::{PageQuery, Query as ViewQuery, Views};
 use crate::wal::Wal;
 use prefold_core::model::ViewKind;
@@ -443,7 +443,8 @@ async fn change_feed(
     }
     let q: Params = query_params(uri.query().unwrap_or_default())?;
     let limit = q.limit.unwrap_or(MAX_BATCH_ITEMS).clamp(1, MAX_BATCH_ITEMS);
-    let horizon = unix_micros().saturating_sub(state.0.config.feed_horizon_ms.saturating_mul(1000));
+    let horizon = crate::engine::clock_micros()
+        .saturating_sub(state.0.config.feed_horizon_ms.saturating_mul(1000));
     let changes = &state.0.changes;
     let page = changes.feed(q.after, horizon, limit);
     let mut batch = BatchWriter::default();
@@ -455,10 +456,8 @@ async fn change_feed(
             break;
         }
         next = *version;
-        match engine.read_slot(key).await? {
-            Some(o) if o.tombstone => batch.push(key.as_str(), o.version, "", None),
-            Some(o) => batch.push(key.as_str(), o.version, o.content_type_str(), Some(&o.body)),
-            None => {}
+        if let Some(o) = engine.read_slot(key).await? {
+            add_to_batch(&mut batch, key, &o);
         }
     }
     changes.stats.feed_pages.fetch_add(1, Ordering::Relaxed);
@@ -479,27 +478,13 @@ async fn change_feed(
 /// A read the edge sent here because the key's owner failed: answered from
 /// the object store, which holds everything the owner has flushed.
 async fn failover_read(state: &AppState, key: &Key, head: bool) -> Result<Response, ApiError> {
-    use object_store::ObjectStoreExt;
-    let path = object_store::path::Path::from(prefold_core::envelope::object_path(key));
-    let fetch = async {
-        let got = state.0.store.get(&path).await?;
-        got.bytes().await
-    };
-    let bytes = match tokio::time::timeout(state.0.config.store_timeout(), fetch).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(object_store::Error::NotFound { .. })) => return Err(ApiError::NotFound),
-        Ok(Err(e)) => return Err(ApiError::Engine(EngineError::Store(e.into()))),
-        Err(_) => {
-            let waited = state.0.config.store_timeout();
-            return Err(ApiError::Engine(EngineError::Store(StoreError::Timeout(
-                waited,
-            ))));
-        }
-    };
-    let object = Object::decode(key, bytes).map_err(EngineError::Store)?;
-    if object.tombstone {
-        return Err(ApiError::NotFound);
-    }
+    let waited = state.0.config.store_timeout();
+    let fetch = crate::engine::stored(state.0.store.as_ref(), key);
+    let slot = tokio::time::timeout(waited, fetch)
+        .await
+        .map_err(|_| EngineError::Store(StoreError::Timeout(waited)))?
+        .map_err(EngineError::Store)?;
+    let object = slot.filter(|o| !o.tombstone).ok_or(ApiError::NotFound)?;
     let body = if head {
         Bytes::new()
     } else {

@@ -684,10 +684,16 @@ pub fn derived_write(key: &Key, body: Option<Bytes>, live: Option<&Object>) -> O
 /// version if the clock is behind it. Versions thus stay unique across
 /// restarts even if the last writes before a crash never reached the store.
 fn next_version(previous: Option<u64>) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let now = clock_micros();
     previous.map_or(now, |p| now.max(p.saturating_add(1)))
+}
+
+/// The clock versions come from: microseconds since the Unix epoch (the
+/// change feed's horizon is measured on it too).
+pub fn clock_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Reads a key past the cache: the backlog's pending version wins over the
@@ -697,8 +703,14 @@ async fn load(shared: &Shared, key: &Key) -> Result<Slot, StoreError> {
         return Ok(Some(pending));
     }
     shared.loads.fetch_add(1, Ordering::Relaxed);
+    stored(shared.store.as_ref(), key).await
+}
+
+/// The version of a key the store holds, tombstone or not (`None` if it
+/// holds none).
+pub async fn stored(store: &dyn ObjectStore, key: &Key) -> Result<Slot, StoreError> {
     let path = Path::from(object_path(key));
-    match shared.store.get(&path).await {
+    match store.get(&path).await {
         Ok(result) => {
             let record: Bytes = result.bytes().await?;
             Ok(Some(Arc::new(Object::decode(key, record)?)))

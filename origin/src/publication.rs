@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
 use crate::engine::Engine;
+use crate::object::Object;
 
 /// Publication counters, for `/metrics`.
 #[derive(Debug, Default)]
@@ -327,7 +328,7 @@ impl Pusher {
                     (backoff * 2).clamp(self.interval.max(Duration::from_millis(100)), MAX_BACKOFF);
                 // Come back for the requeued keys even if nothing changes.
                 self.changes.changed.notify_one();
-            } else if self.changes.has_pending() {
+            } else if self.changes.pending() > 0 {
                 self.changes.changed.notify_one();
             }
         }
@@ -347,10 +348,7 @@ impl Pusher {
             }
             covered.push(key.clone());
             match self.engine.read_slot(key).await {
-                Ok(Some(o)) if o.tombstone => batch.push(key.as_str(), o.version, "", None),
-                Ok(Some(o)) => {
-                    batch.push(key.as_str(), o.version, o.content_type_str(), Some(&o.body))
-                }
+                Ok(Some(o)) => add_to_batch(&mut batch, key, &o),
                 Ok(None) => {}
                 Err(e) => {
                     // The feed lists it again; the pull will carry it.
@@ -384,9 +382,18 @@ impl Pusher {
     }
 }
 
-impl Changes {
-    fn has_pending(&self) -> bool {
-        !self.lock().pending.is_empty()
+/// Adds an object's current version to a batch (a deletion as such): the
+/// one encoding of pushes and feed pages.
+pub fn add_to_batch(batch: &mut BatchWriter, key: &Key, object: &Object) {
+    if object.tombstone {
+        batch.push(key.as_str(), object.version, "", None);
+    } else {
+        batch.push(
+            key.as_str(),
+            object.version,
+            object.content_type_str(),
+            Some(&object.body),
+        );
     }
 }
 
@@ -402,13 +409,6 @@ pub fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Microseconds since the Unix epoch (the clock versions come from).
-pub fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

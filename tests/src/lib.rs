@@ -124,12 +124,7 @@ pub fn client() -> reqwest::Client {
                 reqwest::header::AUTHORIZATION,
                 auth_header().parse().expect("a token is a header value"),
             );
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(0)
-                .default_headers(headers)
-                .build()
-                .expect("client")
+            build_client(headers)
         })
         .clone()
 }
@@ -138,14 +133,17 @@ pub fn client() -> reqwest::Client {
 pub fn bare_client() -> reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("client")
-        })
+        .get_or_init(|| build_client(reqwest::header::HeaderMap::new()))
         .clone()
+}
+
+fn build_client(headers: reqwest::header::HeaderMap) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout`.

@@ -56,9 +56,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = prefold_origin::publication::unix_secs();
     let claims = Claims {
         sub: args.sub,
         exp: now.saturating_add(args.ttl),
