@@ -1,35 +1,29 @@
 //! Origin configuration: every setting is a flag and a `PREFOLD_*` variable.
 //!
+//! This is the top of the crate's layers (with the server): [`Config`] is
+//! split at start into each layer's own settings (`*_settings` below), so
+//! nothing below it sees `Config`.
+//!
 //! The S3 backend takes its endpoint, bucket, region and credentials from the
 //! usual `AWS_*` variables (`AWS_ENDPOINT`, `AWS_BUCKET`/`AWS_BUCKET_NAME`,
 //! `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_ALLOW_HTTP`), read by `object_store`'s `AmazonS3Builder::from_env`.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use prefold_core::auth::{check_secret, VAR_CLUSTER_SECRET, VAR_TOKEN_SECRET};
 use prefold_core::config::{DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_CEILING, VAR_MAX_BODY_BYTES};
-use prefold_core::{Key, OriginList};
+use prefold_core::OriginList;
 
-use crate::engine::Durability;
-use crate::flush::Conditional;
-
-/// Which object store backs the origin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StoreKind {
-    /// Files under `{data}/store` (the embedded default).
-    Fs,
-    /// Any S3-compatible service, configured by `AWS_*` variables.
-    S3,
-    /// Process memory only: nothing survives a restart (tests, demos).
-    Memory,
-}
+use crate::base::{Clock, Durability, Secret};
+use crate::engine::EngineSettings;
+use crate::http::{HttpSettings, Ownership};
+use crate::publication::PushSettings;
+use crate::storage::{Conditional, FlushSettings, Limits, StoreKind, StoreSettings};
+use crate::views::ViewSettings;
 
 /// `prefold-origin` settings.
 #[derive(Debug, Clone, Parser)]
@@ -184,31 +178,6 @@ pub struct Config {
     pub fault_file: Option<PathBuf>,
 }
 
-/// A secret from the environment. It never prints: `Debug` shows its length
-/// only, so a logged configuration cannot leak it.
-#[derive(Clone)]
-pub struct Secret(Arc<[u8]>);
-
-impl Secret {
-    /// The secret's bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({} bytes)", self.0.len())
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Secret, Self::Err> {
-        Ok(Secret(s.as_bytes().into()))
-    }
-}
-
 fn parse_origins(s: &str) -> Result<OriginList, String> {
     OriginList::parse(s).map_err(|e| e.to_string())
 }
@@ -258,23 +227,90 @@ impl Config {
         })
     }
 
-    /// Whether writes of this key must carry a precondition.
-    pub fn requires_precondition(&self, key: &Key) -> bool {
-        self.require_precondition
-            .iter()
-            .any(|t| t == "*" || t == key.kind())
+    /// The embedded store's root directory.
+    pub(crate) fn store_root(&self) -> PathBuf {
+        self.data.join("store")
     }
 
-    /// Whether this origin owns a key (every key without `--origins`).
-    pub fn owns(&self, key: &Key) -> bool {
-        self.other_owner(key).is_none()
+    /// Opening the store.
+    pub(crate) fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            kind: self.store,
+            root: self.store_root(),
+            timeout: self.store_timeout(),
+            fault_file: self.fault_file.clone(),
+        }
     }
 
-    /// The owner of a key when it is not this origin.
-    pub fn other_owner(&self, key: &Key) -> Option<&prefold_core::Origin> {
-        match (&self.origins, &self.name) {
-            (Some(list), Some(name)) => Some(list.owner(key)).filter(|o| o.name != *name),
-            _ => None,
+    /// The write-behind backlog's bounds.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            max_keys: self.max_backlog_keys,
+            max_bytes: self.max_backlog_bytes,
+        }
+    }
+
+    /// The flusher.
+    pub(crate) fn flush_settings(&self) -> FlushSettings {
+        FlushSettings {
+            interval: self.flush_interval(),
+            concurrency: usize::from(self.flush_concurrency),
+            put_timeout: self.store_timeout(),
+            conditional: self.conditional(),
+        }
+    }
+
+    /// The engine (the caller adds the model's check and the observer).
+    pub(crate) fn engine_settings(&self, clock: &Clock) -> EngineSettings {
+        EngineSettings {
+            load_timeout: self.store_timeout(),
+            max_body_bytes: self.max_body_bytes,
+            check: None,
+            derived_flush_delay: Duration::from_millis(self.view_flush_delay_ms),
+            observer: None,
+            clock: clock.clone(),
+        }
+    }
+
+    /// Which keys this origin owns (every key without `--origins`).
+    pub(crate) fn ownership(&self) -> Ownership {
+        Ownership::new(self.origins.clone(), self.name.clone())
+    }
+
+    /// The HTTP layer.
+    pub(crate) fn http_settings(&self, clock: &Clock) -> HttpSettings {
+        HttpSettings {
+            max_body_bytes: self.max_body_bytes,
+            durability: self.durability,
+            require_precondition: self.require_precondition.clone(),
+            token_secret: self.token_secret.clone(),
+            cluster_secret: self.cluster_secret.clone(),
+            ownership: self.ownership(),
+            store_timeout: self.store_timeout(),
+            feed_horizon: Duration::from_millis(self.feed_horizon_ms),
+            clock: clock.clone(),
+        }
+    }
+
+    /// The pusher, when there is an edge to push to.
+    pub(crate) fn push_settings(&self, clock: &Clock) -> Option<PushSettings> {
+        let (edge_url, secret) = (self.edge_url.as_ref()?, self.cluster_secret.as_ref()?);
+        Some(PushSettings {
+            edge_url: edge_url.clone(),
+            cluster_secret: secret.clone(),
+            interval: Duration::from_millis(self.publish_interval_ms),
+            timeout: Duration::from_secs(10),
+            fault_file: self.fault_file.clone(),
+            clock: clock.clone(),
+        })
+    }
+
+    /// The view engine.
+    pub(crate) fn view_settings(&self) -> ViewSettings {
+        ViewSettings {
+            fault_file: self.fault_file.clone(),
+            regen_period: (self.regen_period_secs > 0)
+                .then(|| Duration::from_secs(self.regen_period_secs)),
         }
     }
 
@@ -313,6 +349,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prefold_core::Key;
 
     #[test]
     fn flags_parse() {
@@ -350,12 +387,14 @@ mod tests {
         ])
         .unwrap();
         assert!(c.validate().is_ok());
-        assert!(c.requires_precondition(&Key::parse("order/1").unwrap()));
-        assert!(!c.requires_precondition(&Key::parse("user/1").unwrap()));
+        let http = c.http_settings(&Clock::system());
+        assert!(http.requires_precondition(&Key::parse("order/1").unwrap()));
+        assert!(!http.requires_precondition(&Key::parse("user/1").unwrap()));
         let keys: Vec<Key> = (0..64)
             .map(|i| Key::parse(&format!("user/{i}")).unwrap())
             .collect();
-        let owned = keys.iter().filter(|k| c.owns(k)).count();
+        let ownership = c.ownership();
+        let owned = keys.iter().filter(|k| ownership.owns(k)).count();
         assert!(owned > 0 && owned < 64, "{owned}");
         let wrong = Config::try_parse_from([
             "prefold-origin",

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use prefold_origin::{Config, Origin};
+use prefold_origin::{Config, Server};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let mut origin = Origin::new(&config).context("opening the store and the write-ahead log")?;
+    let mut origin = Server::new(&config).context("opening the store and the write-ahead log")?;
     if let Some(model) = model {
         origin = origin.with_model(model);
     }

@@ -1,16 +1,14 @@
-//! Starting, serving and stopping an origin.
+//! Starting, serving and stopping an origin: the top of the crate's layers.
 //!
-//! [`Origin::new`] opens the store and replays the write-ahead log.
-//! [`Origin::run`] starts serving at once (so `/healthz` answers and
-//! `/readyz` says 503) while the warm load fills the hot tier; then it starts
-//! the partition workers and the flusher and reports ready. When its shutdown
-//! future resolves it drains in order: stop accepting and finish in-flight
-//! requests (axum's graceful shutdown, for at most the shutdown timeout),
-//! let the view engine publish what those requests derived and the counters
-//! publish their pending increments, then let the flusher store every
-//! pending write or give up after the shutdown timeout again. It returns how many
-//! writes were left unstored, so `main` can exit non-zero when that is not
-//! zero (they are still in the log and will be replayed at the next start).
+//! [`Server::new`] opens the store and replays the write-ahead log.
+//! [`Server::run`] starts serving at once (so `/healthz` answers and
+//! `/readyz` says 503) while the warm load fills the hot tier; then it
+//! starts the partition workers, the flusher, the view engine and the
+//! pusher, each group of background workers in its own [`Tasks`], and
+//! reports ready. When its shutdown future resolves it drains in order (see
+//! [`Server::run`]) and returns how many writes were left unstored, so
+//! `main` can exit non-zero when that is not zero (they are still in the
+//! log and will be replayed at the next start).
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -18,42 +16,57 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use object_store::ObjectStore;
+use prefold_core::Model;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{app, AppState};
+use crate::base::{Backoff, Clock, Tasks};
 use crate::config::Config;
-use crate::config::StoreKind;
-use crate::dirty::{Dirty, Limits};
-use crate::engine::{Check, Engine, Options};
-use crate::error::StoreError;
-use crate::flush::{FlushStats, Flusher};
-use crate::hot::HotTier;
-use crate::publication::Pusher;
-use crate::store;
+use crate::engine::warm::{warm, Owns, WarmSource};
+use crate::engine::{Engine, HotTier};
+use crate::http::{app, AppState, Parts};
+use crate::publication::{ChangeIndex, Pusher};
+use crate::storage::{
+    self, Backlog, FlushStats, Flusher, LogWriter, Replayed, StoreError, StoreKind, Wal,
+};
 use crate::views::Views;
-use crate::wal::{Replayed, Wal};
-use crate::warm::{warm, Owns, Source};
-use prefold_core::Model;
+
+/// Pauses between warm loads while the store is unreachable.
+const WARM_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// A configured origin, ready to run.
-pub struct Origin {
+pub struct Server {
     state: AppState,
     flusher: Flusher,
+    log_writer: LogWriter,
     store: Arc<dyn ObjectStore>,
     replay: Replayed,
     config: Config,
+    clock: Clock,
 }
 
-impl Origin {
+/// The groups of background workers the start-up started, stopped in the
+/// order of [`Server::run`].
+#[derive(Default)]
+struct Started {
+    views: Option<Tasks>,
+    engine: Option<Tasks>,
+    storage: Option<Tasks>,
+}
+
+impl Server {
     /// Opens the configured store and log, and builds the origin.
-    pub fn new(config: &Config) -> Result<Origin, StoreError> {
-        Origin::with_store(config, store::open(config)?)
+    pub fn new(config: &Config) -> Result<Server, StoreError> {
+        Server::with_store(config, storage::open::open(&config.store_settings())?)
     }
 
-    /// Builds an origin over a given store (tests wrap stores for faults).
-    pub fn with_store(config: &Config, store: Arc<dyn ObjectStore>) -> Result<Origin, StoreError> {
-        let (wal, replay) = Wal::open(&config.wal_dir(), config.wal_segment_bytes)?;
+    /// Builds an origin over a given store (tests use an in-memory one).
+    pub(crate) fn with_store(
+        config: &Config,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Server, StoreError> {
+        let clock = Clock::system();
+        let (wal, log_writer, replay) = Wal::open(&config.wal_dir(), config.wal_segment_bytes)?;
         if replay.read > 0 {
             tracing::info!(
                 segments = replay.segments,
@@ -62,41 +75,39 @@ impl Origin {
                 "read the write-ahead log"
             );
         }
-        let dirty = Arc::new(Dirty::new(Limits {
-            max_keys: config.max_backlog_keys,
-            max_bytes: config.max_backlog_bytes,
-        }));
-        let stats = Arc::new(FlushStats::default());
-        let hot = Arc::new(HotTier::new(config.cache_bytes));
+        let backlog = Arc::new(Backlog::new(config.limits()));
+        let flush_stats = Arc::new(FlushStats::default());
         let state = AppState::new(
-            config.clone(),
-            hot,
-            dirty.clone(),
-            stats.clone(),
-            Some(wal.clone()),
-            store.clone(),
+            config.http_settings(&clock),
+            Parts {
+                hot: Arc::new(HotTier::new(config.cache_bytes)),
+                backlog: backlog.clone(),
+                flush_stats: flush_stats.clone(),
+                wal: Some(wal.clone()),
+                changes: Arc::new(ChangeIndex::new(config.edge_url.is_some())),
+                store: store.clone(),
+            },
         );
         let flusher = Flusher::new(
-            dirty,
+            backlog,
             store.clone(),
             Some(wal),
-            config.flush_interval(),
-            usize::from(config.flush_concurrency),
-            config.store_timeout(),
-            config.conditional(),
-            stats,
+            config.flush_settings(),
+            flush_stats,
         );
-        Ok(Origin {
+        Ok(Server {
             state,
             flusher,
+            log_writer,
             store,
             replay: replay.records,
             config: config.clone(),
+            clock,
         })
     }
 
     /// Derives the views of `model` (see [`crate::views`]).
-    pub fn with_model(self, model: Model) -> Origin {
+    pub fn with_model(self, model: Model) -> Server {
         if self
             .state
             .inner()
@@ -110,40 +121,57 @@ impl Origin {
     }
 
     /// The handlers' state (for in-process tests).
-    pub fn state(&self) -> &AppState {
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> &AppState {
         &self.state
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then drains. Returns the
-    /// number of writes that could not be stored before the deadline.
+    /// Serves on `listener` until `shutdown` resolves, then drains in this
+    /// order:
+    ///
+    /// 1. stop accepting connections and finish the requests in flight (for
+    ///    at most the shutdown timeout: a stalled client must not keep the
+    ///    flusher from storing what was acknowledged);
+    /// 2. let the view engine derive and materialize what those requests
+    ///    caused;
+    /// 3. stop the view engine and the pusher (the counter folder folds its
+    ///    last sums into the engine on the way out; what the pusher had not
+    ///    sent, the edge's scheduled pull carries);
+    /// 4. stop the partition workers;
+    /// 5. stop the flusher, which stores every pending write or gives up at
+    ///    the shutdown timeout;
+    /// 6. close the log once everything appended is on disk.
+    ///
+    /// Returns the number of writes that could not be stored.
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<usize> {
-        let Origin {
+        let Server {
             state,
             flusher,
+            log_writer,
             store,
             replay,
             config,
+            clock,
         } = self;
+        let drain = config.shutdown_timeout();
+        let mut log = Tasks::new("log");
+        log.spawn(log_writer);
         let stopping = CancellationToken::new();
-        let stop_flusher = CancellationToken::new();
-        let stop_views = CancellationToken::new();
         let starter = tokio::spawn(start(
             state.clone(),
             store,
             replay,
             config.clone(),
+            clock,
             flusher,
-            Stops {
-                flusher: stop_flusher.clone(),
-                views: stop_views.clone(),
-                stopping: stopping.clone(),
-            },
+            stopping.clone(),
         ));
 
+        // 1. Stop accepting; finish the requests in flight.
         let serving_state = state.clone();
         let stopping_signal = stopping.clone();
         // Responses are written whole; Nagle's algorithm would only hold back
@@ -161,11 +189,9 @@ impl Origin {
                 serving_state.set_ready(false);
             })
             .into_future();
-        // Requests get the shutdown timeout to finish: a stalled client must
-        // not keep the flusher from storing what was acknowledged.
         let deadline = async {
             stopping.cancelled().await;
-            tokio::time::sleep(config.shutdown_timeout()).await;
+            tokio::time::sleep(drain).await;
         };
         tokio::select! {
             r = serve => r?,
@@ -174,53 +200,41 @@ impl Origin {
             ),
         }
         stopping.cancel();
+        let started = starter.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "start-up task failed");
+            Started::default()
+        });
 
-        let started = starter.await;
-        let started = match started {
-            Ok(Some((flusher, view_tasks))) => {
-                if let Some(views) = state.inner().views.get() {
-                    tracing::info!("requests finished; publishing derived views and counters");
-                    if !views.settle(config.shutdown_timeout()).await {
-                        tracing::warn!(
-                            "view derivation did not settle before the shutdown timeout"
-                        );
-                    }
-                }
-                stop_views.cancel();
-                // Finished or not, the flusher comes next: a stuck view task
-                // must not keep acknowledged writes from the store.
-                let all = futures::future::join_all(view_tasks);
-                if tokio::time::timeout(config.shutdown_timeout(), all)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!("view tasks did not stop before the shutdown timeout");
-                }
-                Ok(Some(flusher))
+        // 2. Let the view engine settle.
+        if let (Some(views), Some(_)) = (state.inner().views.get(), &started.views) {
+            tracing::info!("requests finished; deriving what they changed");
+            if !views.settle(drain).await {
+                tracing::warn!("view derivation did not settle before the shutdown timeout");
             }
-            other => {
-                stop_views.cancel();
-                other.map(|o| o.map(|(f, _)| f))
-            }
-        };
-        tracing::info!("storing pending writes");
-        stop_flusher.cancel();
-        let left = match started {
-            Ok(Some(flusher)) => flusher.await.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "flusher task failed");
-                usize::MAX
-            }),
-            // Stopped before the warm load finished: nothing was accepted,
-            // and the log still holds everything it held at start.
-            Ok(None) => 0,
-            Err(e) => {
-                tracing::error!(error = %e, "start-up task failed");
-                usize::MAX
-            }
-        };
-        if let Some(wal) = &state.inner().wal {
-            wal.barrier().await;
         }
+        // 3. Stop the view engine and the pusher. Finished or not in time,
+        // the rest follows: a stuck view worker must not keep acknowledged
+        // writes from the store.
+        if let Some(views) = started.views {
+            views.stop(drain).await;
+        }
+        // 4. Stop the partition workers.
+        if let Some(engine) = started.engine {
+            engine.stop(drain).await;
+        }
+        // 5. Drain the flusher. Stopped before the warm load finished,
+        // nothing was accepted, and the log still holds everything it held
+        // at start.
+        let left = match started.storage {
+            Some(storage) => {
+                tracing::info!("storing pending writes");
+                storage.stop(drain).await;
+                state.inner().backlog.len()
+            }
+            None => 0,
+        };
+        // 6. Close the log.
+        log.stop(drain).await;
         if left == 0 {
             tracing::info!("all writes stored; bye");
         }
@@ -228,49 +242,35 @@ impl Origin {
     }
 }
 
-/// The signals of the start-up task: stop the flusher, stop the view
-/// engine's tasks, and "shutting down" (every wait races it).
-struct Stops {
-    flusher: CancellationToken,
-    views: CancellationToken,
-    stopping: CancellationToken,
-}
-
 /// Warms the hot tier (retrying while the store is unreachable), then starts
-/// the engine and the flusher and marks the origin ready. Returns the
-/// flusher's task, or `None` if stopped first. Every wait races `stopping`.
+/// the engine, the flusher, the view engine and the pusher, and marks the
+/// origin ready. Returns the groups it started. Every wait races `stopping`.
 async fn start(
     state: AppState,
     store: Arc<dyn ObjectStore>,
     replay: Replayed,
     config: Config,
+    clock: Clock,
     flusher: Flusher,
-    stops: Stops,
-) -> Option<(
-    tokio::task::JoinHandle<usize>,
-    Vec<tokio::task::JoinHandle<()>>,
-)> {
-    let Stops {
-        flusher: stop_flusher,
-        views: stop_views,
-        stopping,
-    } = stops;
+    stopping: CancellationToken,
+) -> Started {
+    let mut started = Started::default();
     let inner = state.inner();
     let partitions = config.partitions();
-    let owner_config = config.clone();
-    let owns: Owns = Arc::new(move |k: &prefold_core::Key| owner_config.owns(k));
+    let ownership = config.ownership();
+    let owns: Owns = Arc::new(move |k: &prefold_core::Key| ownership.owns(k));
     let source = match (config.store, &config.fault_file) {
         // Read the embedded store's files directly (much faster); not when
         // faults are injected, which only the object_store path obeys.
-        (StoreKind::Fs, None) => Source::Dir(config.data.join("store")),
-        _ => Source::Store(store.clone()),
+        (StoreKind::Fs, None) => WarmSource::Dir(config.store_root()),
+        _ => WarmSource::Store(store.clone()),
     };
-    let mut pause = Duration::from_millis(100);
+    let mut retry = WARM_RETRY.retry();
     let warmed = loop {
         let attempt = warm(
             &source,
             &inner.hot,
-            &inner.dirty,
+            &inner.backlog,
             replay.clone(),
             partitions,
             &owns,
@@ -282,25 +282,13 @@ async fn start(
                 Ok(w) => break w,
                 Err(e) => tracing::warn!(error = %e, "warm load failed (store unreachable?); retrying"),
             },
-            _ = stopping.cancelled() => return None,
+            _ = stopping.cancelled() => return started,
         }
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stopping.cancelled() => return None,
+            _ = tokio::time::sleep(retry.next_delay()) => {}
+            _ = stopping.cancelled() => return started,
         }
-        pause = (pause * 2).min(Duration::from_secs(5));
     };
-    let check: Option<Check> = inner.views.get().map(|views| {
-        let model = views.model().clone();
-        let check: Check = Arc::new(move |key, body| {
-            let Some(entity) = model.entity(key.kind()) else {
-                return Ok(());
-            };
-            let doc = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-            model.check(entity, key, &doc).map_err(|v| v.to_string())
-        });
-        check
-    });
     // The change feed lists what the warm load found, so an edge whose
     // cursor is behind catches up across restarts.
     inner.changes.seed(
@@ -309,59 +297,49 @@ async fn start(
             .iter()
             .flat_map(|d| d.iter().map(|(k, e)| (k.clone(), e.version))),
     );
+    let mut settings = config.engine_settings(&clock);
+    settings.check = inner.views.get().map(Views::entity_check);
+    settings.observer = Some(inner.changes.clone());
+    let mut engine_tasks = Tasks::new("engine");
     let engine = Arc::new(Engine::start(
         warmed.directories,
         inner.hot.clone(),
-        inner.dirty.clone(),
+        inner.backlog.clone(),
         inner.wal.clone(),
         store,
-        Options {
-            load_timeout: config.store_timeout(),
-            max_body_bytes: config.max_body_bytes,
-            check,
-            derived_flush_delay: Duration::from_millis(config.view_flush_delay_ms),
-            changes: Some(inner.changes.clone()),
-        },
+        settings,
+        &mut engine_tasks,
     ));
+    started.engine = Some(engine_tasks);
     if inner.engine.set(engine.clone()).is_err() {
         tracing::error!("the engine was started twice");
     }
-    let flusher = tokio::spawn(flusher.run(stop_flusher, config.shutdown_timeout()));
-    let mut view_tasks = Vec::new();
-    if let (Some(edge_url), Some(secret)) = (&config.edge_url, &config.cluster_secret) {
-        let pusher = Pusher {
-            changes: inner.changes.clone(),
-            engine: engine.clone(),
-            edge_url: edge_url.clone(),
-            cluster_secret: secret.clone(),
-            interval: Duration::from_millis(config.publish_interval_ms),
-            timeout: Duration::from_secs(10),
-            fault_file: config.fault_file.clone(),
-        };
-        // Stops with the view tasks: after the last requests' views are
-        // published (what is left then, the edge's pull carries).
-        view_tasks.push(tokio::spawn(pusher.run(stop_views.clone())));
+    let mut storage_tasks = Tasks::new("storage");
+    storage_tasks.spawn(flusher);
+    started.storage = Some(storage_tasks);
+    let mut view_tasks = Tasks::new("views");
+    if let Some(push) = config.push_settings(&clock) {
+        view_tasks.spawn(Pusher::new(inner.changes.clone(), engine.clone(), push));
     }
     if let Some(views) = inner.views.get() {
-        let regen =
-            (config.regen_period_secs > 0).then(|| Duration::from_secs(config.regen_period_secs));
-        let build = views.start(engine, config.fault_file.clone(), regen, stop_views);
+        let build = views.start(engine, config.view_settings(), &mut view_tasks);
         tokio::select! {
-            r = build => match r {
-                Ok(tasks) => view_tasks.extend(tasks),
-                Err(e) => tracing::error!(error = %e, "the view rebuild failed"),
+            r = build => if let Err(e) = r {
+                tracing::error!(error = %e, "the view rebuild failed");
             },
             _ = stopping.cancelled() => {}
         }
     }
+    started.views = Some(view_tasks);
     if !stopping.is_cancelled() {
         state.set_ready(true);
         tracing::info!(
             objects = warmed.loaded,
             replayed = warmed.replayed,
+            corrupt = warmed.corrupt,
             partitions,
             "ready"
         );
     }
-    Some((flusher, view_tasks))
+    started
 }

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let now = prefold_origin::publication::unix_secs();
+    let now = prefold_origin::Clock::system().unix_secs();
     let claims = Claims {
         sub: args.sub,
         exp: now.saturating_add(args.ttl),

@@ -1,31 +1,31 @@
 //! Counter views: high-rate counters that take increments without contention
-//! and publish at most once per period.
+//! and fold them into their objects at most once per period.
 //!
 //! The seeds shard a hot counter so that increments do not serialize on one
 //! entity. Here an increment never touches the counter's object: it adds to
 //! an atomic in memory (a read lock and a `fetch_add`; the write lock is
-//! taken only the first time a key is seen). Once per period the publisher
+//! taken only the first time a key is seen). Once per period the [`Folder`]
 //! swaps each atomic to zero and applies the sum as one `increment` of the
-//! published object `{"count": N}`, which the write-behind coalesces toward
+//! counter's object `{"count": N}`, which the write-behind coalesces toward
 //! the store and which reaches the edge at most once per period — Workers KV
 //! takes one write per second per key.
 //!
-//! An increment is acknowledged from memory: increments not yet published
+//! An increment is acknowledged from memory: increments not yet folded
 //! when the process dies are lost (at most one period's worth). A graceful
-//! shutdown publishes them first.
+//! shutdown folds them first.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prefold_core::model::ViewKind;
 use prefold_core::{Key, Model, Preconditions};
 use serde_json::Number;
-use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Durability, Engine, Write};
-use crate::ops::Op;
+use crate::base::metrics::counters;
+use crate::base::{Durability, Op, Shutdown, Worker};
+use crate::engine::{Engine, Write};
 
 /// Shards of the pending map: distinct keys rarely share a lock.
 const SHARDS: usize = 64;
@@ -33,21 +33,27 @@ const SHARDS: usize = 64;
 /// One shard: counter key → its pending sum.
 type Shard = RwLock<HashMap<Key, Arc<AtomicI64>>>;
 
+counters! {
+    /// What the counter views did, for `/metrics`.
+    pub(crate) struct CounterStats {
+        increments: counter("counter_increments", "Increments taken by counter views"),
+        folds: counter("counter_publications", "Counter values published"),
+    }
+}
+
 /// Pending increments of every counter view.
 #[derive(Debug)]
-pub struct Counters {
+pub(crate) struct Counters {
     shards: Box<[Shard]>,
-    /// Publication period per counter view.
+    /// Folding period per counter view.
     periods: HashMap<String, Duration>,
-    /// Increments taken.
-    pub increments: AtomicU64,
-    /// Publications written.
-    pub publications: AtomicU64,
+    /// Counts.
+    pub(crate) stats: CounterStats,
 }
 
 impl Counters {
     /// Counters for the model's counter views.
-    pub fn new(model: &Model) -> Counters {
+    pub(crate) fn new(model: &Model) -> Counters {
         Counters {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             periods: model
@@ -59,8 +65,7 @@ impl Counters {
                     _ => None,
                 })
                 .collect(),
-            increments: AtomicU64::new(0),
-            publications: AtomicU64::new(0),
+            stats: CounterStats::default(),
         }
     }
 
@@ -71,8 +76,8 @@ impl Counters {
     }
 
     /// Adds `by` to a counter (`key` must name a counter view).
-    pub fn add(&self, key: &Key, by: i64) {
-        self.increments.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn add(&self, key: &Key, by: i64) {
+        self.stats.increments.fetch_add(1, Ordering::Relaxed);
         self.pend(key, by);
     }
 
@@ -106,23 +111,42 @@ impl Counters {
         }
         out
     }
+}
 
-    /// Publishes each view's pending sums once per its period until `stop`,
-    /// then everything once more.
-    pub async fn publish(self: Arc<Self>, engine: Arc<Engine>, stop: CancellationToken) {
-        let Some(tick) = self.periods.values().min().copied() else {
+/// The worker that folds each counter view's pending sums into its objects
+/// once per the view's period, and everything once more at shutdown.
+pub(crate) struct Folder {
+    counters: Arc<Counters>,
+    engine: Arc<Engine>,
+}
+
+impl Folder {
+    /// A folder of `counters` into `engine`.
+    pub(crate) fn new(counters: Arc<Counters>, engine: Arc<Engine>) -> Folder {
+        Folder { counters, engine }
+    }
+}
+
+impl Worker for Folder {
+    fn name(&self) -> &'static str {
+        "counter folder"
+    }
+
+    async fn run(self, shutdown: Shutdown) {
+        let counters = &self.counters;
+        let Some(tick) = counters.periods.values().min().copied() else {
             return;
         };
         let start = tokio::time::Instant::now();
-        let mut last: HashMap<&str, tokio::time::Instant> =
-            self.periods.keys().map(|v| (v.as_str(), start)).collect();
+        let mut last: HashMap<&str, tokio::time::Instant> = counters
+            .periods
+            .keys()
+            .map(|v| (v.as_str(), start))
+            .collect();
         loop {
-            let stopped = tokio::select! {
-                () = tokio::time::sleep(tick) => false,
-                () = stop.cancelled() => true,
-            };
+            let stopped = !shutdown.sleep(tick).await;
             let now = tokio::time::Instant::now();
-            let due: Vec<&str> = self
+            let due: Vec<&str> = counters
                 .periods
                 .iter()
                 .filter(|(v, p)| {
@@ -136,7 +160,7 @@ impl Counters {
             for v in &due {
                 last.insert(v, now);
             }
-            for (key, n) in self.take(|kind| due.contains(&kind)) {
+            for (key, n) in counters.take(|kind| due.contains(&kind)) {
                 let write = Write {
                     key: key.clone(),
                     op: Op::Increment {
@@ -146,14 +170,14 @@ impl Counters {
                     preconditions: Preconditions::default(),
                     durability: Durability::Memory,
                 };
-                match engine.write(write).await {
+                match self.engine.write(write).await {
                     Ok(_) => {
-                        self.publications.fetch_add(1, Ordering::Relaxed);
+                        counters.stats.folds.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        // Put back, to be published next period.
-                        tracing::warn!(%key, error = %e, "publishing a counter failed");
-                        self.pend(&key, n);
+                        // Put back, to be folded next period.
+                        tracing::warn!(%key, error = %e, "folding a counter failed");
+                        counters.pend(&key, n);
                     }
                 }
             }

@@ -35,39 +35,39 @@ use serde_json::{json, Map, Value};
 
 /// A source entity as the engine holds it now.
 #[derive(Debug, Clone)]
-pub struct Source {
+pub(crate) struct Source {
     /// Its current version (of the object or its tombstone; 0 if never written).
-    pub version: u64,
+    pub(crate) version: u64,
     /// Its document, unless deleted or absent.
-    pub doc: Option<Arc<Value>>,
+    pub(crate) doc: Option<Arc<Value>>,
 }
 
 /// "Source changed; target may need it." Addressed by `target`.
 #[derive(Debug, Clone)]
-pub struct Derivation {
+pub(crate) struct Derivation {
     /// The derived object.
-    pub target: Key,
+    pub(crate) target: Key,
     /// The entity that changed.
-    pub source: Key,
+    pub(crate) source: Key,
     /// The source's version that caused this message.
-    pub version: u64,
+    pub(crate) version: u64,
     /// Recompute even if the version says it is known (the rolling sweep).
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 /// What a message did to its target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Effect {
+pub(crate) struct Effect {
     /// The target's content changed: render and publish it.
-    pub changed: bool,
+    pub(crate) changed: bool,
     /// Skipped by its version stamp.
-    pub skipped: bool,
+    pub(crate) skipped: bool,
 }
 
 /// The words, longest accepted, of text views.
 const MAX_WORD: usize = 64;
 /// Terms of one text query.
-pub const MAX_TERMS: usize = 8;
+pub(crate) const MAX_TERMS: usize = 8;
 /// Words one query term may expand to (prefix and fuzzy matches).
 const MAX_EXPANSIONS: usize = 16;
 
@@ -141,7 +141,7 @@ impl Scalar {
 /// A sort key: components with their direction, then the source key, which
 /// makes every entry unique (the seeds' "keep appending until unique").
 #[derive(Debug, Clone, PartialEq)]
-pub struct SortKey {
+pub(crate) struct SortKey {
     parts: Vec<(bool, Scalar)>,
     key: String,
 }
@@ -310,22 +310,22 @@ struct Vocab {
 
 /// A page of a list, index or text view.
 #[derive(Debug, Clone, Default)]
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     /// Items after this cursor.
-    pub after: Option<String>,
+    pub(crate) after: Option<String>,
     /// Items before this cursor.
-    pub before: Option<String>,
+    pub(crate) before: Option<String>,
     /// At most this many (capped at the view's page size).
-    pub limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
     /// Index views: smallest range value, inclusive.
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     /// Index views: largest range value, inclusive.
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
 }
 
 /// Why a query cannot be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QueryError {
+pub(crate) enum QueryError {
     /// A malformed or foreign cursor, or a bad parameter.
     #[error("{0}")]
     Invalid(String),
@@ -336,7 +336,7 @@ pub enum QueryError {
 
 /// Every view's derived state on this origin.
 #[derive(Debug)]
-pub struct ViewState {
+pub(crate) struct ViewState {
     model: Arc<Model>,
     targets: HashMap<Key, Target>,
     rev: HashMap<Key, HashSet<Key>>,
@@ -347,7 +347,7 @@ pub struct ViewState {
 
 /// Looks a source up in the engine's current state; `None` means "not
 /// fetched yet" (the caller fetches and retries), not "absent".
-pub type Lookup<'a> = &'a dyn Fn(&Key) -> Option<Source>;
+pub(crate) type Lookup<'a> = &'a dyn Fn(&Key) -> Option<Source>;
 
 fn id_of(key: &Key) -> &str {
     key.as_str().split_once('/').map_or("", |(_, id)| id)
@@ -366,7 +366,7 @@ fn project(doc: &Value, fields: &[String]) -> Map<String, Value> {
 
 /// The normalized words of a text: lower-case ASCII letters and digits;
 /// anything else separates words.
-pub fn words(text: &str) -> BTreeSet<String> {
+pub(crate) fn words(text: &str) -> BTreeSet<String> {
     text.split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| !w.is_empty() && w.len() <= MAX_WORD)
         .map(str::to_ascii_lowercase)
@@ -387,7 +387,7 @@ fn grams(word: &str) -> Vec<String> {
 
 impl ViewState {
     /// Empty state for a model.
-    pub fn new(model: Arc<Model>) -> ViewState {
+    pub(crate) fn new(model: Arc<Model>) -> ViewState {
         ViewState {
             model,
             targets: HashMap::new(),
@@ -397,30 +397,26 @@ impl ViewState {
         }
     }
 
-    /// The model.
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
-
     /// Number of live targets.
-    pub fn target_count(&self) -> usize {
+    pub(crate) fn target_count(&self) -> usize {
         self.targets.len()
     }
 
     /// Whether a target currently has state.
-    pub fn has_target(&self, target: &Key) -> bool {
+    pub(crate) fn has_target(&self, target: &Key) -> bool {
         self.targets.contains_key(target)
     }
 
     /// Every target with state.
-    pub fn target_keys(&self) -> impl Iterator<Item = &Key> {
+    #[cfg(test)]
+    pub(crate) fn target_keys(&self) -> impl Iterator<Item = &Key> {
         self.targets.keys()
     }
 
     /// The targets a change of `source` (now `doc`) must be delivered to:
     /// those it is a member of, the embed views whose entity references it,
     /// and those its current document names.
-    pub fn targets_of(&self, source: &Key, doc: Option<&Value>) -> Vec<Key> {
+    pub(crate) fn targets_of(&self, source: &Key, doc: Option<&Value>) -> Vec<Key> {
         let mut out: BTreeSet<Key> = self
             .rev
             .get(source)
@@ -471,7 +467,11 @@ impl ViewState {
 
     /// Handles one message. Returns `Err(keys)` without changing anything
     /// when `lookup` lacks keys it needs: fetch them and call again.
-    pub fn derive(&mut self, d: &Derivation, lookup: Lookup<'_>) -> Result<Effect, Vec<Key>> {
+    pub(crate) fn derive(
+        &mut self,
+        d: &Derivation,
+        lookup: Lookup<'_>,
+    ) -> Result<Effect, Vec<Key>> {
         let model = self.model.clone();
         let Some(view) = model.view(d.target.kind()) else {
             return Ok(Effect::default());
@@ -792,7 +792,7 @@ impl ViewState {
     /// The bytes a target publishes (`None`: the target is empty). Embed
     /// views, the fan-out's hot path, are written straight to bytes; the
     /// others are rendered as JSON values first.
-    pub fn render_bytes(&self, target: &Key) -> Option<Vec<u8>> {
+    pub(crate) fn render_bytes(&self, target: &Key) -> Option<Vec<u8>> {
         let view = self.model.view(target.kind())?;
         let ViewKind::Embed(e) = &view.kind else {
             return serde_json::to_vec(&self.render(target, false)?).ok();
@@ -843,7 +843,7 @@ impl ViewState {
     /// The object a target publishes: its whole state for small views, the
     /// first page for lists (`None`: the target is empty and its object is
     /// deleted). `full` renders every item (used by tests to compare state).
-    pub fn render(&self, target: &Key, full: bool) -> Option<Value> {
+    pub(crate) fn render(&self, target: &Key, full: bool) -> Option<Value> {
         let view = self.model.view(target.kind())?;
         let t = self.targets.get(target)?;
         let id = id_of(target);
@@ -890,7 +890,7 @@ impl ViewState {
     }
 
     /// A page of a list, index or text target: `{items, next, prev}`.
-    pub fn page(&self, target: &Key, q: &PageQuery) -> Result<Value, QueryError> {
+    pub(crate) fn page(&self, target: &Key, q: &PageQuery) -> Result<Value, QueryError> {
         let view = self
             .model
             .view(target.kind())
@@ -1001,7 +1001,7 @@ impl ViewState {
     }
 
     /// Whether `member` is in a set target.
-    pub fn is_member(&self, target: &Key, member: &str) -> Result<bool, QueryError> {
+    pub(crate) fn is_member(&self, target: &Key, member: &str) -> Result<bool, QueryError> {
         match self.model.view(target.kind()).map(|v| &v.kind) {
             Some(ViewKind::Set(_)) => Ok(self
                 .targets
@@ -1016,7 +1016,7 @@ impl ViewState {
     /// A bounded AND query over a text view: every term must match a word
     /// exactly, by prefix (the last term, as typed so far) or within a small
     /// edit distance. Returns matches in key order.
-    pub fn search(
+    pub(crate) fn search(
         &self,
         view_name: &str,
         q: &str,

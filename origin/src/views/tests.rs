@@ -34,7 +34,7 @@ struct World {
     state: ViewState,
 }
 
-enum Msg {
+enum Event {
     Changed(Key, u64),
     Derive(Derivation),
 }
@@ -62,24 +62,24 @@ impl World {
     }
 
     /// Writes without deriving; returns the change message.
-    fn write(&mut self, k: &str, doc: Option<Value>) -> Msg {
+    fn write(&mut self, k: &str, doc: Option<Value>) -> Event {
         self.version += 1;
         let k = key(k);
         self.store
             .insert(k.clone(), (self.version, doc.map(Arc::new)));
-        Msg::Changed(k, self.version)
+        Event::Changed(k, self.version)
     }
 
     /// Handles one message; returns the messages it sends.
-    fn handle(&mut self, msg: &Msg, force: bool) -> Vec<Msg> {
+    fn handle(&mut self, msg: &Event, force: bool) -> Vec<Event> {
         match msg {
-            Msg::Changed(source, version) => {
+            Event::Changed(source, version) => {
                 let doc = self.store.get(source).and_then(|(_, d)| d.clone());
                 self.state
                     .targets_of(source, doc.as_deref())
                     .into_iter()
                     .map(|target| {
-                        Msg::Derive(Derivation {
+                        Event::Derive(Derivation {
                             target,
                             source: source.clone(),
                             version: *version,
@@ -88,7 +88,7 @@ impl World {
                     })
                     .collect()
             }
-            Msg::Derive(d) => {
+            Event::Derive(d) => {
                 let store = &self.store;
                 self.state
                     .derive(d, &|k| Some(World::lookup(store, k)))
@@ -99,7 +99,7 @@ impl World {
     }
 
     /// Handles a message and everything it causes, in order.
-    fn run(&mut self, first: Msg) {
+    fn run(&mut self, first: Event) {
         let mut queue = VecDeque::from([first]);
         while let Some(m) = queue.pop_front() {
             queue.extend(self.handle(&m, false));
@@ -161,7 +161,7 @@ impl World {
             .collect();
         keys.sort();
         for (k, v) in keys {
-            w.run(Msg::Changed(k, v));
+            w.run(Event::Changed(k, v));
         }
         w
     }
@@ -615,7 +615,7 @@ proptest! {
     #[test]
     fn views_equal_a_recomputation(steps in proptest::collection::vec(step(), 1..120), lossy in any::<bool>()) {
         let mut w = World::new();
-        let mut queue: Vec<Msg> = Vec::new();
+        let mut queue: Vec<Event> = Vec::new();
         let mut lost = false;
         for s in steps {
             match s {
@@ -633,8 +633,8 @@ proptest! {
                     let i = usize::from(i) % queue.len();
                     let m = if repeat {
                         match &queue[i] {
-                            Msg::Changed(k, v) => Msg::Changed(k.clone(), *v),
-                            Msg::Derive(d) => Msg::Derive(d.clone()),
+                            Event::Changed(k, v) => Event::Changed(k.clone(), *v),
+                            Event::Derive(d) => Event::Derive(d.clone()),
                         }
                     } else {
                         queue.swap_remove(i)
@@ -658,7 +658,7 @@ proptest! {
             let mut keys: Vec<(Key, u64)> = w.store.iter().map(|(k, (v, _))| (k.clone(), *v)).collect();
             keys.sort();
             for (k, v) in keys {
-                let mut q = VecDeque::from(w.handle(&Msg::Changed(k, v), true));
+                let mut q = VecDeque::from(w.handle(&Event::Changed(k, v), true));
                 while let Some(m) = q.pop_front() {
                     q.extend(w.handle(&m, true));
                 }

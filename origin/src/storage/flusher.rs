@@ -4,7 +4,7 @@
 //! It gathers writes for the flush interval (so that many writes of one key
 //! become one PUT), then stores every due key with bounded concurrency. A
 //! failed or timed-out PUT leaves the key in the backlog with a jittered,
-//! exponentially growing pause (see [`Dirty::failed`]); nothing is dropped.
+//! exponentially growing pause (see [`Backlog::failed`]); nothing is dropped.
 //! One round runs at a time, so an older version of a key can never be
 //! stored after a newer one.
 //!
@@ -20,24 +20,30 @@
 //! writing one filesystem store can still race inside that window).
 //!
 //! **Log trimming.** After each round, log segments older than the oldest
-//! segment any pending write may need are deleted (see [`crate::wal`]).
+//! segment any pending write may need are deleted (see [`super::wal`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 use prefold_core::envelope::object_path;
 use prefold_core::Key;
+use thiserror::Error;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::dirty::{Dirty, BACKOFF_CAP};
-use crate::object::Object;
-use crate::wal::Wal;
+use super::backlog::Backlog;
+use super::read::read_record;
+use super::wal::Wal;
+use super::StoreError;
+use crate::base::metrics::counters;
+use crate::base::{Backoff, Object, Shutdown, Worker};
+
+/// Pauses between drain rounds at shutdown, while some PUTs fail.
+const DRAIN_RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(10));
 
 /// Which conditional puts the backend supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,42 +56,56 @@ pub enum Conditional {
     Full,
 }
 
-/// Counters of the flusher's work.
-#[derive(Default, Debug)]
-pub struct FlushStats {
-    /// Successful store PUTs.
-    pub puts: AtomicU64,
-    /// PUT attempts that were retries of a failed one.
-    pub retries: AtomicU64,
-    /// Failed or timed-out PUTs (each is retried).
-    pub failures: AtomicU64,
-    /// PUTs not made because the store already held a newer version.
-    pub superseded: AtomicU64,
-    /// Log segments deleted.
-    pub trimmed: AtomicU64,
+/// How the flusher works.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FlushSettings {
+    /// How long to gather writes before a round.
+    pub(crate) interval: Duration,
+    /// PUTs in flight at once.
+    pub(crate) concurrency: usize,
+    /// Longest wait for one PUT (or one read of what it would replace)
+    /// before it counts as failed.
+    pub(crate) put_timeout: Duration,
+    /// What the backend supports.
+    pub(crate) conditional: Conditional,
 }
 
-/// The background task that stores dirty objects.
-pub struct Flusher {
+counters! {
+    /// Counters of the flusher's work.
+    pub(crate) struct FlushStats {
+        puts: counter("store_puts", "Object store PUTs that succeeded"),
+        retries: counter("store_put_retries", "Object store PUTs that retried a failed one"),
+        failures: counter("store_put_failures", "Object store PUTs that failed or timed out (each is retried)"),
+        superseded: counter("store_put_superseded", "PUTs skipped because the store held a newer version"),
+        trimmed: counter("wal_segments_trimmed", "Log segments deleted once their writes were stored"),
+    }
+}
+
+/// The background worker that stores the backlog.
+pub(crate) struct Flusher {
     /// What to store.
-    pub dirty: Arc<Dirty>,
-    /// Where to store it.
-    pub store: Arc<dyn ObjectStore>,
+    pub(crate) backlog: Arc<Backlog>,
+    store: Arc<dyn ObjectStore>,
     /// The log to trim once its records are stored.
-    pub wal: Option<Wal>,
-    /// How long to gather writes before a round.
-    pub interval: Duration,
-    /// PUTs in flight at once.
-    pub concurrency: usize,
-    /// Longest wait for one PUT before it counts as failed.
-    pub put_timeout: Duration,
-    /// What the backend supports.
-    pub conditional: Conditional,
+    wal: Option<Wal>,
+    settings: FlushSettings,
     /// Counters.
-    pub stats: Arc<FlushStats>,
+    pub(crate) stats: Arc<FlushStats>,
     /// The store's version tag of each key we have written, for `Update`
     /// (with `Create` only, a tag just says the key exists).
     tags: Mutex<HashMap<Key, UpdateVersion>>,
+}
+
+/// Why one store PUT did not happen.
+#[derive(Debug, Error)]
+enum PutError {
+    /// The conditional put was refused: the store holds something other
+    /// than what we expected to replace.
+    #[error("the store holds another version than expected")]
+    Conflict,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 enum PutOutcome {
@@ -94,77 +114,81 @@ enum PutOutcome {
     Failed,
 }
 
-impl Flusher {
-    /// A flusher with no store tags known yet.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        dirty: Arc<Dirty>,
-        store: Arc<dyn ObjectStore>,
-        wal: Option<Wal>,
-        interval: Duration,
-        concurrency: usize,
-        put_timeout: Duration,
-        conditional: Conditional,
-        stats: Arc<FlushStats>,
-    ) -> Flusher {
-        Flusher {
-            dirty,
-            store,
-            wal,
-            interval,
-            concurrency,
-            put_timeout,
-            conditional,
-            stats,
-            tags: Mutex::default(),
-        }
+impl Worker for Flusher {
+    fn name(&self) -> &'static str {
+        "flusher"
     }
 
-    /// Runs until `stop`, then drains for at most `drain_timeout` and returns
-    /// how many keys were left unstored (0 on a clean shutdown).
-    pub async fn run(self, stop: CancellationToken, drain_timeout: Duration) -> usize {
+    /// Stores rounds until shutdown, then drains until the deadline; what is
+    /// left is still in the backlog (and the log), for the caller to count.
+    async fn run(self, shutdown: Shutdown) {
         loop {
-            if self.dirty.is_empty() {
-                tokio::select! {
-                    _ = self.dirty.work.notified() => {}
-                    _ = stop.cancelled() => break,
-                }
+            if self.backlog.is_empty() && shutdown.or(self.backlog.work.notified()).await.is_none()
+            {
+                break;
             }
             // Gather writes for the interval, or until the next retry is due
             // when everything pending is backing off. A `store`-mode write
             // that is waiting skips the gathering (it is counted, not just
             // signalled, so that a missed wake-up cannot leave it waiting a
             // whole interval).
-            let due = self.dirty.any_due();
-            let wake = match self.dirty.next_retry() {
+            let due = self.backlog.any_due();
+            let wake = match self.backlog.next_retry() {
                 Some(t) if !due => t,
-                _ => Instant::now() + self.interval,
+                _ => Instant::now() + self.settings.interval,
             };
-            if !(due && self.dirty.store_waiters() > 0) {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(wake) => {}
-                    _ = self.dirty.urgent.notified() => {}
-                    _ = stop.cancelled() => break,
+            if !(due && self.backlog.store_waiters() > 0) {
+                let gathered = shutdown
+                    .or(async {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(wake) => {}
+                            () = self.backlog.urgent.notified() => {}
+                        }
+                    })
+                    .await;
+                if gathered.is_none() {
+                    break;
                 }
             }
             self.flush_round(false).await;
         }
-        self.drain(drain_timeout).await
+        self.drain(shutdown.drain_deadline()).await;
+    }
+}
+
+impl Flusher {
+    /// A flusher with no store tags known yet.
+    pub(crate) fn new(
+        backlog: Arc<Backlog>,
+        store: Arc<dyn ObjectStore>,
+        wal: Option<Wal>,
+        settings: FlushSettings,
+        stats: Arc<FlushStats>,
+    ) -> Flusher {
+        Flusher {
+            backlog,
+            store,
+            wal,
+            settings,
+            stats,
+            tags: Mutex::default(),
+        }
     }
 
-    async fn drain(&self, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(20);
-        while !self.dirty.is_empty() {
+    /// Stores everything pending, retrying failures, until `deadline`;
+    /// returns how many keys were left unstored.
+    async fn drain(&self, deadline: Instant) -> usize {
+        let mut retry = DRAIN_RETRY.retry();
+        while !self.backlog.is_empty() {
             tracing::info!(
-                pending = self.dirty.len(),
+                pending = self.backlog.len(),
                 "storing pending writes before exit"
             );
             match tokio::time::timeout_at(deadline, self.flush_round(true)).await {
                 Ok(0) => {}
                 Ok(_) => {
-                    tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
-                    pause = (pause * 2).min(BACKOFF_CAP);
+                    let pause = Instant::now() + retry.next_delay();
+                    tokio::time::sleep_until(deadline.min(pause)).await;
                 }
                 Err(_) => break,
             }
@@ -172,7 +196,7 @@ impl Flusher {
                 break;
             }
         }
-        let left = self.dirty.len();
+        let left = self.backlog.len();
         if left > 0 {
             tracing::error!(left, "shutdown deadline passed with writes not yet stored");
         }
@@ -181,8 +205,8 @@ impl Flusher {
 
     /// Stores every due key once (every key with `all`); returns how many
     /// PUTs failed.
-    pub async fn flush_round(&self, all: bool) -> usize {
-        let batch = self.dirty.due(all);
+    pub(crate) async fn flush_round(&self, all: bool) -> usize {
+        let batch = self.backlog.due(all);
         let results: Vec<bool> = stream::iter(batch)
             .map(|(key, object, attempts)| async move {
                 if attempts > 0 {
@@ -191,22 +215,22 @@ impl Flusher {
                 match self.put_one(&key, &object).await {
                     PutOutcome::Stored => {
                         self.stats.puts.fetch_add(1, Ordering::Relaxed);
-                        self.dirty.stored(&key, object.version);
+                        self.backlog.stored(&key, object.version);
                         true
                     }
                     PutOutcome::Superseded => {
                         self.stats.superseded.fetch_add(1, Ordering::Relaxed);
-                        self.dirty.stored(&key, object.version);
+                        self.backlog.stored(&key, object.version);
                         true
                     }
                     PutOutcome::Failed => {
                         self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                        self.dirty.failed(&key);
+                        self.backlog.failed(&key);
                         false
                     }
                 }
             })
-            .buffer_unordered(self.concurrency)
+            .buffer_unordered(self.settings.concurrency)
             .collect()
             .await;
         self.trim();
@@ -216,7 +240,7 @@ impl Flusher {
     fn trim(&self) {
         let Some(wal) = &self.wal else { return };
         let below = self
-            .dirty
+            .backlog
             .oldest_segment()
             .unwrap_or_else(|| wal.current_segment());
         let n = wal.trim_below(below);
@@ -226,26 +250,9 @@ impl Flusher {
         }
     }
 
-    fn tag(&self, key: &Key) -> Option<UpdateVersion> {
-        self.tags
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
-    }
-
-    fn forget_tag(&self, key: &Key) {
-        self.tags
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-    }
-
-    fn set_tag(&self, key: &Key, tag: UpdateVersion) {
-        self.tags
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), tag);
+    fn tags(&self) -> std::sync::MutexGuard<'_, HashMap<Key, UpdateVersion>> {
+        // Every use is one map operation: a poisoned lock is still consistent.
+        self.tags.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn put_one(&self, key: &Key, object: &Object) -> PutOutcome {
@@ -257,7 +264,8 @@ impl Flusher {
             }
         };
         let path = Path::from(object_path(key));
-        let first = match (self.conditional, self.tag(key)) {
+        let tag = self.tags().get(key).cloned();
+        let first = match (self.settings.conditional, tag) {
             (Conditional::None, _) => Some(PutMode::Overwrite),
             (Conditional::Full, Some(tag)) => Some(PutMode::Update(tag)),
             // Without `Update`, a known key is checked before every
@@ -268,17 +276,17 @@ impl Flusher {
         if let Some(mode) = first {
             match self.put(&path, record.clone(), mode).await {
                 Ok(tag) => {
-                    self.set_tag(key, tag);
+                    self.tags().insert(key.clone(), tag);
                     return PutOutcome::Stored;
                 }
-                Err(Some(e)) => {
+                Err(PutError::Store(e)) => {
                     // A timed-out PUT may still land later: do not trust the
                     // tag until the store has been read again.
-                    self.forget_tag(key);
+                    self.tags().remove(key);
                     tracing::warn!(%key, error = %e, "store PUT failed; will retry");
                     return PutOutcome::Failed;
                 }
-                Err(None) => {}
+                Err(PutError::Conflict) => {}
             }
         }
         // The store holds something we did not expect: look before writing.
@@ -295,41 +303,42 @@ impl Flusher {
                     "the store holds a newer version written elsewhere; not overwriting it");
                 return PutOutcome::Superseded;
             }
-            Some((_, tag)) if self.conditional == Conditional::Full => PutMode::Update(tag),
+            Some((_, tag)) if self.settings.conditional == Conditional::Full => {
+                PutMode::Update(tag)
+            }
             Some(_) => PutMode::Overwrite,
             None => PutMode::Create,
         };
         match self.put(&path, record, mode).await {
             Ok(tag) => {
-                self.set_tag(key, tag);
+                self.tags().insert(key.clone(), tag);
                 PutOutcome::Stored
             }
             Err(e) => {
-                self.forget_tag(key);
-                let e = e.map_or_else(|| "conflict again".to_owned(), |e| e.to_string());
+                self.tags().remove(key);
                 tracing::warn!(%key, error = %e, "store PUT failed; will retry");
                 PutOutcome::Failed
             }
         }
     }
 
-    /// One PUT with the timeout. `Err(None)` is a conditional-put conflict.
+    /// One PUT with the timeout.
     async fn put(
         &self,
         path: &Path,
         payload: PutPayload,
         mode: PutMode,
-    ) -> Result<UpdateVersion, Option<String>> {
+    ) -> Result<UpdateVersion, PutError> {
+        let timeout = self.settings.put_timeout;
         let opts = PutOptions::from(mode);
-        match tokio::time::timeout(self.put_timeout, self.store.put_opts(path, payload, opts)).await
-        {
+        match tokio::time::timeout(timeout, self.store.put_opts(path, payload, opts)).await {
             Ok(Ok(r)) => Ok(r.into()),
             Ok(Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
-            )) => Err(None),
-            Ok(Err(e)) => Err(Some(e.to_string())),
-            Err(_) => Err(Some(format!("timed out after {:?}", self.put_timeout))),
+            )) => Err(PutError::Conflict),
+            Ok(Err(e)) => Err(StoreError::Backend(e).into()),
+            Err(_) => Err(StoreError::Timeout(timeout).into()),
         }
     }
 
@@ -338,33 +347,24 @@ impl Flusher {
         &self,
         key: &Key,
         path: &Path,
-    ) -> Result<Option<(u64, UpdateVersion)>, String> {
-        let read = async {
-            match self.store.get(path).await {
-                Ok(r) => {
-                    let tag = UpdateVersion {
-                        e_tag: r.meta.e_tag.clone(),
-                        version: r.meta.version.clone(),
-                    };
-                    let bytes = r.bytes().await.map_err(|e| e.to_string())?;
-                    match Object::decode(key, bytes) {
-                        Ok(object) => Ok(Some((object.version, tag))),
-                        // A record that does not decode is older than
-                        // anything we hold: replace it rather than retry
-                        // forever.
-                        Err(e) => {
-                            tracing::error!(%key, error = %e, "replacing a stored record that does not decode");
-                            Ok(Some((0, tag)))
-                        }
-                    }
-                }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e.to_string()),
-            }
-        };
-        tokio::time::timeout(self.put_timeout, read)
+    ) -> Result<Option<(u64, UpdateVersion)>, StoreError> {
+        let timeout = self.settings.put_timeout;
+        let record = tokio::time::timeout(timeout, read_record(self.store.as_ref(), path))
             .await
-            .map_err(|_| "timed out".to_owned())?
+            .map_err(|_| StoreError::Timeout(timeout))??;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let tag = record.tag.clone();
+        match record.decode(key) {
+            Ok(object) => Ok(Some((object.version, tag))),
+            // A record that does not decode is older than anything we
+            // hold: replace it rather than retry forever.
+            Err(e) => {
+                tracing::error!(%key, error = %e, "replacing a stored record that does not decode");
+                Ok(Some((0, tag)))
+            }
+        }
     }
 }
 
@@ -372,9 +372,12 @@ impl Flusher {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::dirty::Limits;
+    use crate::base::Tasks;
+    use crate::storage::backlog::Limits;
+    use crate::storage::read::read_object;
     use bytes::Bytes;
     use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
 
     fn obj(version: u64) -> Arc<Object> {
         Arc::new(Object::new(
@@ -385,27 +388,21 @@ mod tests {
     }
 
     fn flusher(store: Arc<dyn ObjectStore>, conditional: Conditional) -> Flusher {
-        let dirty = Arc::new(Dirty::new(Limits {
+        let backlog = Arc::new(Backlog::new(Limits {
             max_keys: 1000,
             max_bytes: 1 << 20,
         }));
-        Flusher::new(
-            dirty,
-            store,
-            None,
-            Duration::from_secs(3600),
-            4,
-            Duration::from_secs(5),
+        let settings = FlushSettings {
+            interval: Duration::from_secs(3600),
+            concurrency: 4,
+            put_timeout: Duration::from_secs(5),
             conditional,
-            Arc::default(),
-        )
+        };
+        Flusher::new(backlog, store, None, settings, Arc::default())
     }
 
     async fn stored_version(store: &dyn ObjectStore, key: &Key) -> u64 {
-        let r = store.get(&Path::from(object_path(key))).await.unwrap();
-        Object::decode(key, r.bytes().await.unwrap())
-            .unwrap()
-            .version
+        read_object(store, key).await.unwrap().unwrap().version
     }
 
     #[tokio::test]
@@ -414,14 +411,14 @@ mod tests {
         let f = flusher(store.clone(), Conditional::Full);
         let key = Key::parse("c/1").unwrap();
         for v in 1..=10 {
-            f.dirty.insert(key.clone(), obj(v), 1);
+            f.backlog.insert(key.clone(), obj(v), 1);
         }
         assert_eq!(f.flush_round(false).await, 0);
         assert_eq!(f.stats.puts.load(Ordering::Relaxed), 1);
-        assert!(f.dirty.is_empty());
+        assert!(f.backlog.is_empty());
         assert_eq!(stored_version(store.as_ref(), &key).await, 10);
         // The next PUT of the key is an Update against the tag we now hold.
-        f.dirty.insert(key.clone(), obj(11), 1);
+        f.backlog.insert(key.clone(), obj(11), 1);
         assert_eq!(f.flush_round(false).await, 0);
         assert_eq!(stored_version(store.as_ref(), &key).await, 11);
     }
@@ -432,16 +429,16 @@ mod tests {
             let store = Arc::new(InMemory::new());
             let key = Key::parse("s/1").unwrap();
             let newer = flusher(store.clone(), conditional);
-            newer.dirty.insert(key.clone(), obj(50), 1);
+            newer.backlog.insert(key.clone(), obj(50), 1);
             newer.flush_round(false).await;
             // Another process still believes in version 20.
             let stale = flusher(store.clone(), conditional);
-            stale.dirty.insert(key.clone(), obj(20), 1);
+            stale.backlog.insert(key.clone(), obj(20), 1);
             assert_eq!(stale.flush_round(false).await, 0);
             assert_eq!(stale.stats.superseded.load(Ordering::Relaxed), 1);
             assert_eq!(stored_version(store.as_ref(), &key).await, 50);
             // And an older stored version is replaced.
-            stale.dirty.insert(key.clone(), obj(60), 1);
+            stale.backlog.insert(key.clone(), obj(60), 1);
             assert_eq!(stale.flush_round(false).await, 0);
             assert_eq!(stored_version(store.as_ref(), &key).await, 60);
         }
@@ -452,13 +449,13 @@ mod tests {
         let store = Arc::new(InMemory::new());
         let key = Key::parse("k/1").unwrap();
         let late = flusher(store.clone(), Conditional::Create);
-        late.dirty.insert(key.clone(), obj(1), 1);
+        late.backlog.insert(key.clone(), obj(1), 1);
         late.flush_round(false).await;
         let fresh = flusher(store.clone(), Conditional::Create);
-        fresh.dirty.insert(key.clone(), obj(9), 1);
+        fresh.backlog.insert(key.clone(), obj(9), 1);
         fresh.flush_round(false).await;
         // `late` has a tag for the key, and still must not overwrite 9 with 5.
-        late.dirty.insert(key.clone(), obj(5), 1);
+        late.backlog.insert(key.clone(), obj(5), 1);
         assert_eq!(late.flush_round(false).await, 0);
         assert_eq!(late.stats.superseded.load(Ordering::Relaxed), 1);
         assert_eq!(stored_version(store.as_ref(), &key).await, 9);
@@ -477,9 +474,9 @@ mod tests {
                 .await
                 .unwrap();
             let f = flusher(store.clone(), conditional);
-            f.dirty.insert(key.clone(), obj(3), 1);
+            f.backlog.insert(key.clone(), obj(3), 1);
             assert_eq!(f.flush_round(false).await, 0);
-            assert!(f.dirty.is_empty());
+            assert!(f.backlog.is_empty());
             assert_eq!(stored_version(store.as_ref(), &key).await, 3);
         }
     }
@@ -489,14 +486,14 @@ mod tests {
         let store = Arc::new(InMemory::new());
         let key = Key::parse("u/1").unwrap();
         let a = flusher(store.clone(), Conditional::Full);
-        a.dirty.insert(key.clone(), obj(1), 1);
+        a.backlog.insert(key.clone(), obj(1), 1);
         a.flush_round(false).await;
         let b = flusher(store.clone(), Conditional::Full);
-        b.dirty.insert(key.clone(), obj(5), 1);
+        b.backlog.insert(key.clone(), obj(5), 1);
         b.flush_round(false).await;
         // `a` still holds the tag of version 1: its Update is refused, it
         // looks, finds 5 newer than its 3, and leaves it.
-        a.dirty.insert(key.clone(), obj(3), 1);
+        a.backlog.insert(key.clone(), obj(3), 1);
         a.flush_round(false).await;
         assert_eq!(a.stats.superseded.load(Ordering::Relaxed), 1);
         assert_eq!(stored_version(store.as_ref(), &key).await, 5);
@@ -508,16 +505,16 @@ mod tests {
         // that short every time (a lost wake-up was a race: repeat).
         for i in 0..20 {
             let f = flusher(Arc::new(InMemory::new()), Conditional::Full);
-            let dirty = f.dirty.clone();
-            let stop = CancellationToken::new();
-            let task = tokio::spawn(f.run(stop.clone(), Duration::from_secs(5)));
+            let dirty = f.backlog.clone();
+            let mut tasks = Tasks::new("storage");
+            tasks.spawn(f);
             let key = Key::parse(&format!("w/{i}")).unwrap();
             dirty.insert(key.clone(), obj(1), 1);
             let waited = tokio::time::timeout(Duration::from_secs(10), dirty.wait_stored(&key, 1));
             assert!(waited.await.is_ok(), "round {i}: still waiting");
             assert_eq!(dirty.store_waiters(), 0);
-            stop.cancel();
-            assert_eq!(task.await.unwrap(), 0);
+            assert!(tasks.stop(Duration::from_secs(5)).await);
+            assert_eq!(dirty.len(), 0);
         }
     }
 
@@ -525,14 +522,13 @@ mod tests {
     async fn run_drains_on_stop() {
         let store = Arc::new(InMemory::new());
         let f = flusher(store.clone(), Conditional::Full);
-        let dirty = f.dirty.clone();
+        let dirty = f.backlog.clone();
         for i in 0..20 {
             dirty.insert(Key::parse(&format!("d/{i}")).unwrap(), obj(1), 1);
         }
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(f.run(stop.clone(), Duration::from_secs(10)));
-        stop.cancel();
-        assert_eq!(task.await.unwrap(), 0);
+        let mut tasks = Tasks::new("storage");
+        tasks.spawn(f);
+        assert!(tasks.stop(Duration::from_secs(10)).await);
         assert!(dirty.is_empty());
         let listed: Vec<_> = store.list(None).collect().await;
         assert_eq!(listed.len(), 20);

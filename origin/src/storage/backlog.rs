@@ -26,12 +26,13 @@ use prefold_core::Key;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::object::Object;
+use crate::base::metrics::Scrape;
+use crate::base::{Backoff, Object};
 
-/// First retry pause after a failed PUT; doubles per attempt, with jitter.
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// Longest pause between retries of one key.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Pauses between retries of one key after failed PUTs: from 100 ms,
+/// doubling per attempt up to 10 s, with full jitter.
+pub(crate) const RETRY: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).with_jitter();
 
 struct Pending {
     object: Arc<Object>,
@@ -50,15 +51,15 @@ struct Pending {
 
 /// Bounds of the backlog.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Most keys waiting at once.
-    pub max_keys: usize,
+    pub(crate) max_keys: usize,
     /// Most bytes waiting at once (bodies plus a per-object allowance).
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
 }
 
 /// Objects acknowledged to clients but not yet confirmed by the store.
-pub struct Dirty {
+pub(crate) struct Backlog {
     map: Mutex<Map>,
     limits: Limits,
     /// Wakes the flusher when work arrives.
@@ -96,21 +97,21 @@ struct Map {
     derived_bytes: usize,
 }
 
-/// A snapshot of the backlog for metrics.
+/// How much the backlog holds.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Backlog {
+pub(crate) struct Extent {
     /// Keys waiting.
-    pub keys: usize,
+    pub(crate) keys: usize,
     /// Bytes waiting.
-    pub bytes: usize,
+    pub(crate) bytes: usize,
     /// Age of the oldest write waiting.
-    pub oldest: Duration,
+    pub(crate) oldest: Duration,
 }
 
-impl Dirty {
+impl Backlog {
     /// An empty backlog with bounds.
-    pub fn new(limits: Limits) -> Dirty {
-        Dirty {
+    pub(crate) fn new(limits: Limits) -> Backlog {
+        Backlog {
             map: Mutex::default(),
             limits,
             work: Notify::new(),
@@ -131,7 +132,7 @@ impl Dirty {
     /// in the bounds; returns `false` (and changes nothing) if it does not.
     /// Writes that do not grow the backlog always fit. `segment` is the log
     /// segment current when the write was made.
-    pub fn try_insert(&self, key: Key, object: Arc<Object>, segment: u64) -> bool {
+    pub(crate) fn try_insert(&self, key: Key, object: Arc<Object>, segment: u64) -> bool {
         let mut map = self.map();
         let weight = object.weight();
         let old = map.keys.get(&key).map(|p| p.object.weight());
@@ -154,7 +155,7 @@ impl Dirty {
 
     /// Records a version regardless of the bounds (for log replay at start:
     /// those writes were acknowledged before the restart).
-    pub fn insert(&self, key: Key, object: Arc<Object>, segment: u64) {
+    pub(crate) fn insert(&self, key: Key, object: Arc<Object>, segment: u64) {
         let mut map = self.map();
         Self::put(&mut map, key, object, segment, &self.coalesced, None);
         drop(map);
@@ -164,7 +165,13 @@ impl Dirty {
     /// Records the newest version of a derived object, outside the bounds,
     /// first due `delay` after it became pending (later versions coalesce
     /// into it without pushing that back).
-    pub fn insert_derived(&self, key: Key, object: Arc<Object>, segment: u64, delay: Duration) {
+    pub(crate) fn insert_derived(
+        &self,
+        key: Key,
+        object: Arc<Object>,
+        segment: u64,
+        delay: Duration,
+    ) {
         let mut map = self.map();
         Self::put(&mut map, key, object, segment, &self.coalesced, Some(delay));
         drop(map);
@@ -215,30 +222,30 @@ impl Dirty {
     }
 
     /// The pending version of a key, if it has one.
-    pub fn get(&self, key: &Key) -> Option<Arc<Object>> {
+    pub(crate) fn get(&self, key: &Key) -> Option<Arc<Object>> {
         self.map().keys.get(key).map(|p| p.object.clone())
     }
 
     /// Pending keys.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map().keys.len()
     }
 
     /// Whether nothing is pending.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.map().keys.is_empty()
     }
 
     /// Writes that replaced a pending version instead of adding a store PUT.
-    pub fn coalesced(&self) -> u64 {
+    pub(crate) fn coalesced(&self) -> u64 {
         self.coalesced.load(Ordering::Relaxed)
     }
 
     /// Keys, bytes and the oldest write's age (scans the backlog; for metrics).
-    pub fn backlog(&self) -> Backlog {
+    pub(crate) fn extent(&self) -> Extent {
         let map = self.map();
         let now = Instant::now();
-        Backlog {
+        Extent {
             keys: map.keys.len(),
             bytes: map.bytes,
             oldest: map
@@ -251,13 +258,13 @@ impl Dirty {
     }
 
     /// The oldest log segment a pending write may still need, if any.
-    pub fn oldest_segment(&self) -> Option<u64> {
+    pub(crate) fn oldest_segment(&self) -> Option<u64> {
         self.map().keys.values().map(|p| p.segment).min()
     }
 
     /// Pending keys whose retry pause is over (all of them with `all`), with
     /// how many attempts each has had.
-    pub fn due(&self, all: bool) -> Vec<(Key, Arc<Object>, u32)> {
+    pub(crate) fn due(&self, all: bool) -> Vec<(Key, Arc<Object>, u32)> {
         let now = Instant::now();
         self.map()
             .keys
@@ -268,7 +275,7 @@ impl Dirty {
     }
 
     /// Whether any pending key is due (not backing off).
-    pub fn any_due(&self) -> bool {
+    pub(crate) fn any_due(&self) -> bool {
         let now = Instant::now();
         self.map()
             .keys
@@ -277,18 +284,18 @@ impl Dirty {
     }
 
     /// `store`-mode writes waiting for the store now.
-    pub fn store_waiters(&self) -> usize {
+    pub(crate) fn store_waiters(&self) -> usize {
         self.waiters.load(Ordering::SeqCst)
     }
 
     /// When the next key that is backing off becomes due.
-    pub fn next_retry(&self) -> Option<Instant> {
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
         self.map().keys.values().filter_map(|p| p.retry_at).min()
     }
 
     /// Forgets a key once the store holds `version`, unless a newer write
     /// arrived meanwhile (that one still needs storing).
-    pub fn stored(&self, key: &Key, version: u64) {
+    pub(crate) fn stored(&self, key: &Key, version: u64) {
         let mut map = self.map();
         if map
             .keys
@@ -311,20 +318,41 @@ impl Dirty {
     /// Schedules a retry of a key after a failed PUT: exponential backoff
     /// with full jitter, so that many keys failing together do not retry in
     /// lockstep.
-    pub fn failed(&self, key: &Key) {
+    pub(crate) fn failed(&self, key: &Key) {
         let mut map = self.map();
         if let Some(p) = map.keys.get_mut(key) {
             p.attempts = p.attempts.saturating_add(1);
-            let ceiling = BACKOFF_BASE
-                .saturating_mul(1 << p.attempts.min(16))
-                .min(BACKOFF_CAP);
-            let pause = ceiling.mul_f64(fastrand::f64());
-            p.retry_at = Some(Instant::now() + pause);
+            p.retry_at = Some(Instant::now() + RETRY.delay(p.attempts));
         }
     }
 
+    /// The backlog's numbers, for `/metrics`.
+    pub(crate) fn report(&self, s: &mut Scrape) {
+        let e = self.extent();
+        s.gauge(
+            "backlog_keys",
+            "Keys acknowledged but not yet in the object store",
+            e.keys as u64,
+        );
+        s.gauge(
+            "backlog_bytes",
+            "Bytes acknowledged but not yet in the object store",
+            e.bytes as u64,
+        );
+        s.gauge_f64(
+            "backlog_oldest_age_seconds",
+            "Age of the oldest write not yet in the object store",
+            e.oldest.as_secs_f64(),
+        );
+        s.counter(
+            "writes_coalesced",
+            "Writes folded into a pending version instead of adding a PUT",
+            self.coalesced(),
+        );
+    }
+
     /// Resolves once the store holds `version` of `key` or a newer one.
-    pub async fn wait_stored(&self, key: &Key, version: u64) {
+    pub(crate) async fn wait_stored(&self, key: &Key, version: u64) {
         let mut rx = self.stored.subscribe();
         let _waiting = Waiting::new(&self.waiters);
         loop {
@@ -363,7 +391,7 @@ mod tests {
 
     #[test]
     fn coalesces_and_keeps_a_newer_write() {
-        let dirty = Dirty::new(limits(10, 1 << 20));
+        let dirty = Backlog::new(limits(10, 1 << 20));
         let key = Key::parse("c/1").unwrap();
         for v in 1..=3 {
             dirty.insert(key.clone(), obj(v, 1), 4 + v);
@@ -374,12 +402,12 @@ mod tests {
         assert_eq!(dirty.oldest_segment(), Some(7));
         dirty.stored(&key, 3);
         assert!(dirty.is_empty());
-        assert_eq!(dirty.backlog().bytes, 0);
+        assert_eq!(dirty.extent().bytes, 0);
     }
 
     #[test]
     fn derived_objects_wait_their_delay_and_never_take_client_room() {
-        let d = Dirty::new(limits(1, 1 << 20));
+        let d = Backlog::new(limits(1, 1 << 20));
         let delay = Duration::from_secs(3600);
         for i in 0..10 {
             d.insert_derived(Key::parse(&format!("v/{i}")).unwrap(), obj(1, 10), 0, delay);
@@ -406,7 +434,7 @@ mod tests {
 
     #[test]
     fn bounds_refuse_growth_only() {
-        let dirty = Dirty::new(limits(2, 1000));
+        let dirty = Backlog::new(limits(2, 1000));
         let (a, b, c) = (
             Key::parse("b/a").unwrap(),
             Key::parse("b/b").unwrap(),
@@ -428,7 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_back_off_with_jitter_up_to_the_cap() {
-        let dirty = Dirty::new(limits(10, 1 << 20));
+        let dirty = Backlog::new(limits(10, 1 << 20));
         let key = Key::parse("f/1").unwrap();
         dirty.insert(key.clone(), obj(1, 1), 1);
         assert_eq!(dirty.due(false).len(), 1);
@@ -437,12 +465,12 @@ mod tests {
         }
         assert_eq!(dirty.due(true)[0].2, 40);
         let wait = dirty.next_retry().unwrap() - Instant::now();
-        assert!(wait <= BACKOFF_CAP, "{wait:?}");
+        assert!(wait <= RETRY.cap(), "{wait:?}");
     }
 
     #[tokio::test]
     async fn wait_stored_resolves_on_the_version_or_a_newer_one() {
-        let dirty = Arc::new(Dirty::new(limits(10, 1 << 20)));
+        let dirty = Arc::new(Backlog::new(limits(10, 1 << 20)));
         let key = Key::parse("w/1").unwrap();
         dirty.insert(key.clone(), obj(1, 1), 1);
         let waiter = {

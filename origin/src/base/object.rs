@@ -6,26 +6,30 @@
 //! is rendered when a response needs it (tens of nanoseconds) rather than
 //! stored, and the common content type, `application/json`, costs nothing.
 
-use axum::http::HeaderValue;
-use bytes::Bytes;
-use prefold_core::http::etag;
-use prefold_core::{Envelope, Key};
+use std::sync::Arc;
 
-use crate::error::StoreError;
+use bytes::Bytes;
+use http::HeaderValue;
+use prefold_core::http::etag;
+use prefold_core::{Envelope, EnvelopeError};
 
 /// The media type of almost every object; shared, not allocated per object.
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+/// What the hot tier holds for a key: the object (maybe a tombstone), or
+/// the knowledge that there is none.
+pub(crate) type Slot = Option<Arc<Object>>;
+
 /// One version of one object (or of its deletion).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Object {
+pub(crate) struct Object {
     /// Strictly increasing per key, across deletes and restarts.
-    pub version: u64,
+    pub(crate) version: u64,
     /// The object was deleted at this version: reads answer 404, and the
     /// store keeps the tombstone so that nothing older can come back.
-    pub tombstone: bool,
+    pub(crate) tombstone: bool,
     /// The bytes, shared without copying (empty for a tombstone).
-    pub body: Bytes,
+    pub(crate) body: Bytes,
     /// `None` means `application/json`.
     content_type: Option<Box<str>>,
 }
@@ -33,7 +37,7 @@ pub struct Object {
 impl Object {
     /// A live version of an object. The content type was checked by the
     /// caller (JSON, ASCII, at most 255 bytes).
-    pub fn new(version: u64, content_type: &str, body: Bytes) -> Object {
+    pub(crate) fn new(version: u64, content_type: &str, body: Bytes) -> Object {
         let content_type = (content_type != "application/json").then(|| content_type.into());
         Object {
             version,
@@ -44,7 +48,7 @@ impl Object {
     }
 
     /// The deletion of an object at `version`.
-    pub fn tombstone(version: u64) -> Object {
+    pub(crate) fn tombstone(version: u64) -> Object {
         Object {
             version,
             tombstone: true,
@@ -54,17 +58,17 @@ impl Object {
     }
 
     /// The object, unless it is a tombstone.
-    pub fn live(&self) -> Option<&Object> {
+    pub(crate) fn live(&self) -> Option<&Object> {
         (!self.tombstone).then_some(self)
     }
 
     /// The strong ETag, as text.
-    pub fn etag(&self) -> String {
+    pub(crate) fn etag(&self) -> String {
         etag(self.version)
     }
 
     /// The content type, as a header value.
-    pub fn content_type(&self) -> HeaderValue {
+    pub(crate) fn content_type(&self) -> HeaderValue {
         match &self.content_type {
             None => JSON,
             // Checked to be a valid header value when the object was written.
@@ -73,17 +77,17 @@ impl Object {
     }
 
     /// The content type, as text.
-    pub fn content_type_str(&self) -> &str {
+    pub(crate) fn content_type_str(&self) -> &str {
         self.content_type.as_deref().unwrap_or("application/json")
     }
 
     /// Bytes this version costs in memory, roughly (for backlog accounting).
-    pub fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         self.body.len() + 160
     }
 
     /// The record stored for this object.
-    pub fn encode(&self) -> Result<Vec<u8>, prefold_core::EnvelopeError> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
         Envelope {
             version: self.version,
             content_type: self.content_type_str(),
@@ -94,11 +98,8 @@ impl Object {
     }
 
     /// Decodes a stored record, sharing the body with the record's buffer.
-    pub fn decode(key: &Key, record: Bytes) -> Result<Object, StoreError> {
-        let env = Envelope::decode(&record).map_err(|source| StoreError::Corrupt {
-            key: key.to_string(),
-            source,
-        })?;
+    pub(crate) fn decode(record: Bytes) -> Result<Object, EnvelopeError> {
+        let env = Envelope::decode(&record)?;
         if env.tombstone {
             return Ok(Object::tombstone(env.version));
         }
@@ -115,24 +116,19 @@ mod tests {
 
     #[test]
     fn round_trips_live_and_tombstone() {
-        let key = Key::parse("t/1").unwrap();
         let live = Object::new(9, "application/ld+json", Bytes::from_static(b"[1]"));
-        let back = Object::decode(&key, Bytes::from(live.encode().unwrap())).unwrap();
+        let back = Object::decode(Bytes::from(live.encode().unwrap())).unwrap();
         assert_eq!(back, live);
         assert_eq!(back.content_type_str(), "application/ld+json");
         assert_eq!(back.etag(), "\"9\"");
         let dead = Object::tombstone(10);
-        let back = Object::decode(&key, Bytes::from(dead.encode().unwrap())).unwrap();
+        let back = Object::decode(Bytes::from(dead.encode().unwrap())).unwrap();
         assert!(back.tombstone && back.live().is_none());
         assert_eq!(back.version, 10);
     }
 
     #[test]
     fn a_corrupt_record_is_an_error() {
-        let key = Key::parse("t/2").unwrap();
-        assert!(matches!(
-            Object::decode(&key, Bytes::from_static(b"garbage")),
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(Object::decode(Bytes::from_static(b"garbage")).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! A byte-weighted moka cache, sized to hold the whole working set (the
 //! origin loads its share of the store into it before it reports ready).
 //! Reads look here and nowhere else unless the key was evicted; only the
-//! key's partition worker inserts (see [`crate::engine`]), so a slow load can
+//! key's partition worker inserts (see [`super::partition`]), so a slow load can
 //! never overwrite a newer write. A slot may also record that a key has no
 //! object, so that repeated reads of a missing key stay in memory.
 //!
@@ -19,21 +19,18 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use prefold_core::Key;
 
-use crate::object::Object;
-
-/// What the cache holds for a key: the object (maybe a tombstone), or the
-/// knowledge that there is none.
-pub type Slot = Option<Arc<Object>>;
+use crate::base::metrics::Scrape;
+use crate::base::Slot;
 
 /// The in-memory tier of one origin.
-pub struct HotTier {
+pub(crate) struct HotTier {
     cache: Cache<Key, Slot, foldhash::fast::RandomState>,
     evictions: Arc<AtomicU64>,
 }
 
 impl HotTier {
     /// A hot tier holding at most `capacity_bytes` of keys and objects.
-    pub fn new(capacity_bytes: u64) -> HotTier {
+    pub(crate) fn new(capacity_bytes: u64) -> HotTier {
         let evictions = Arc::new(AtomicU64::new(0));
         let counter = evictions.clone();
         let cache = Cache::builder()
@@ -53,7 +50,7 @@ impl HotTier {
     }
 
     /// What the cache holds for a key, if anything.
-    pub async fn get(&self, key: &Key) -> Option<Slot> {
+    pub(crate) async fn get(&self, key: &Key) -> Option<Slot> {
         self.cache.get(key).await
     }
 
@@ -63,27 +60,43 @@ impl HotTier {
     }
 
     /// Objects evicted for lack of room since start.
-    pub fn evictions(&self) -> u64 {
+    pub(crate) fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }
 
     /// Entries held (approximate, as moka counts).
-    pub fn entries(&self) -> u64 {
+    pub(crate) fn entries(&self) -> u64 {
         self.cache.entry_count()
     }
 
     /// Bytes held, by the weigher (approximate).
-    pub fn weighted_bytes(&self) -> u64 {
+    pub(crate) fn weighted_bytes(&self) -> u64 {
         self.cache.weighted_size()
     }
 
+    /// The hot tier's numbers, for `/metrics`.
+    pub(crate) fn report(&self, s: &mut Scrape) {
+        s.counter(
+            "hot_evictions",
+            "Objects evicted from the hot tier for lack of room",
+            self.evictions(),
+        );
+        s.gauge("hot_entries", "Entries in the hot tier", self.entries());
+        s.gauge(
+            "hot_bytes",
+            "Bytes in the hot tier, as weighed",
+            self.weighted_bytes(),
+        );
+    }
+
     /// Drops every cached entry (tests use it to force misses).
-    pub fn clear(&self) {
+    #[cfg(test)]
+    pub(crate) fn clear(&self) {
         self.cache.invalidate_all();
     }
 
     /// Runs moka's pending maintenance (evictions), for tests and metrics.
-    pub async fn sync(&self) {
+    pub(crate) async fn sync(&self) {
         self.cache.run_pending_tasks().await;
     }
 }

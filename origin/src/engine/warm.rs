@@ -24,35 +24,34 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 use prefold_core::envelope::key_from_object_path;
 use prefold_core::Key;
 use tokio::time::Instant;
 
-use crate::dirty::Dirty;
-use crate::engine::{partition_of, Directory, Entry};
-use crate::error::StoreError;
-use crate::hot::HotTier;
-use crate::object::Object;
-use crate::wal::Replayed;
+use super::hot::HotTier;
+use super::{partition_of, Directory, Stamp};
+use crate::base::Object;
+use crate::storage::read::{decode, read_record};
+use crate::storage::{Backlog, Replayed, StoreError};
 
 /// What the warm-up produced.
-pub struct Warmed {
+pub(crate) struct Warmed {
     /// One directory per partition.
-    pub directories: Vec<Directory>,
+    pub(crate) directories: Vec<Directory>,
     /// Objects loaded from the store.
-    pub loaded: u64,
+    pub(crate) loaded: u64,
     /// Log records newer than the store, re-applied.
-    pub replayed: u64,
+    pub(crate) replayed: u64,
     /// Stored records that did not decode (skipped, logged).
-    pub corrupt: u64,
+    pub(crate) corrupt: u64,
 }
 
 /// Which keys this origin owns.
-pub type Owns = Arc<dyn Fn(&Key) -> bool + Send + Sync>;
+pub(crate) type Owns = Arc<dyn Fn(&Key) -> bool + Send + Sync>;
 
 /// Where the warm load reads the objects from.
-pub enum Source {
+pub(crate) enum WarmSource {
     /// Any object store, through `object_store`.
     Store(Arc<dyn ObjectStore>),
     /// The embedded filesystem store's root directory, read directly.
@@ -69,10 +68,10 @@ type Loaded = (Key, Result<Object, StoreError>);
 
 /// Loads the owned objects from `source` into `hot`, then applies `replay`.
 #[allow(clippy::too_many_arguments)]
-pub async fn warm(
-    source: &Source,
+pub(crate) async fn warm(
+    source: &WarmSource,
     hot: &HotTier,
-    dirty: &Dirty,
+    backlog: &Backlog,
     replay: Replayed,
     partitions: usize,
     owns: &Owns,
@@ -91,8 +90,8 @@ pub async fn warm(
         bar
     });
     let mut fetched = match source {
-        Source::Store(store) => from_store(store.clone(), owns.clone(), concurrency),
-        Source::Dir(root) => from_dir(root.clone(), owns.clone(), concurrency),
+        WarmSource::Store(store) => from_store(store.clone(), owns.clone(), concurrency),
+        WarmSource::Dir(root) => from_dir(root.clone(), owns.clone(), concurrency),
     };
 
     let (mut loaded, mut corrupt) = (0u64, 0u64);
@@ -109,7 +108,7 @@ pub async fn warm(
             };
             directories[partition_of(&key, partitions.max(1))].insert(
                 key.clone(),
-                Entry {
+                Stamp {
                     version: object.version,
                     tombstone: object.tombstone,
                 },
@@ -138,7 +137,7 @@ pub async fn warm(
             // Acknowledged here before the origin list changed: store it
             // (the flusher never overwrites a newer version) but do not
             // serve it; the key's new owner does.
-            dirty.insert(key, Arc::new(object), segment);
+            backlog.insert(key, Arc::new(object), segment);
             handed_over += 1;
             continue;
         }
@@ -148,13 +147,13 @@ pub async fn warm(
         }
         dir.insert(
             key.clone(),
-            Entry {
+            Stamp {
                 version: object.version,
                 tombstone: object.tombstone,
             },
         );
         let object = Arc::new(object);
-        dirty.insert(key.clone(), object.clone(), segment);
+        backlog.insert(key.clone(), object.clone(), segment);
         hot.insert(key, Some(object)).await;
         replayed += 1;
     }
@@ -205,9 +204,12 @@ fn from_store(
             let store = store.clone();
             async move {
                 let (key, location) = item?;
-                let bytes = store.get(&location).await?.bytes().await?;
-                let object = Object::decode(&key, bytes);
-                Ok::<_, StoreError>(vec![(key, object)])
+                // Listed a moment ago; deleted since means nothing to load.
+                let loaded = match read_record(store.as_ref(), &location).await? {
+                    Some(record) => vec![(key.clone(), record.decode(&key))],
+                    None => Vec::new(),
+                };
+                Ok::<_, StoreError>(loaded)
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -225,13 +227,13 @@ fn from_dir(
     let prefixes: Result<Vec<(String, PathBuf)>, StoreError> = match std::fs::read_dir(&top) {
         Ok(entries) => entries
             .map(|e| {
-                let e = e.map_err(|e| StoreError::Open(format!("{}: {e}", top.display())))?;
+                let e = e.map_err(StoreError::io("listing", &top))?;
                 Ok((e.file_name().to_string_lossy().into_owned(), e.path()))
             })
             .collect(),
         // An empty store has no `o/` yet.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(StoreError::Open(format!("{}: {e}", top.display()))),
+        Err(e) => Err(StoreError::io("listing", &top)(e)),
     };
     let prefixes = match prefixes {
         Ok(p) => p,
@@ -245,11 +247,7 @@ fn from_dir(
     stream::iter(prefixes)
         .map(move |(hh, dir)| {
             let owns = owns.clone();
-            async move {
-                tokio::task::spawn_blocking(move || read_prefix(&hh, &dir, &owns))
-                    .await
-                    .map_err(|e| StoreError::Open(format!("reading a store prefix: {e}")))?
-            }
+            async move { tokio::task::spawn_blocking(move || read_prefix(&hh, &dir, &owns)).await? }
         })
         .buffer_unordered(parallel)
         .boxed()
@@ -257,10 +255,9 @@ fn from_dir(
 
 /// Every owned object in one prefix directory (`o/{hh}`).
 fn read_prefix(hh: &str, dir: &std::path::Path, owns: &Owns) -> Result<Vec<Loaded>, StoreError> {
-    let io = |e: std::io::Error| StoreError::Open(format!("{}: {e}", dir.display()));
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
+    for entry in std::fs::read_dir(dir).map_err(StoreError::io("listing", dir))? {
+        let entry = entry.map_err(StoreError::io("listing", dir))?;
         let name = entry.file_name();
         // Anything that is not one of our records (a half-written temporary
         // file of the store client, say) has no key and is skipped.
@@ -273,8 +270,9 @@ fn read_prefix(hh: &str, dir: &std::path::Path, owns: &Owns) -> Result<Vec<Loade
         if !owns(&key) {
             continue;
         }
-        let bytes = Bytes::from(std::fs::read(entry.path()).map_err(io)?);
-        let object = Object::decode(&key, bytes);
+        let path = entry.path();
+        let bytes = Bytes::from(std::fs::read(&path).map_err(StoreError::io("reading", &path))?);
+        let object = decode(&key, bytes);
         out.push((key, object));
     }
     Ok(out)

@@ -73,7 +73,7 @@ const STORE: &str = "faulty";
 ///
 /// See the [module documentation](self) for the control file's grammar.
 #[derive(Debug)]
-pub struct FaultyStore {
+pub(crate) struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     control: Arc<PathBuf>,
 }
@@ -81,7 +81,7 @@ pub struct FaultyStore {
 impl FaultyStore {
     /// Wraps `inner`, taking faults from the file at `control` (re-read on
     /// every operation; it need not exist).
-    pub fn new(inner: Arc<dyn ObjectStore>, control: PathBuf) -> FaultyStore {
+    pub(crate) fn new(inner: Arc<dyn ObjectStore>, control: PathBuf) -> FaultyStore {
         FaultyStore {
             inner,
             control: Arc::new(control),
@@ -219,12 +219,12 @@ fn parse_directive<'f>(
 
 /// Whether the control file says to drop view derivation messages
 /// (`derive=drop`): the lost event the rolling regeneration must repair.
-pub fn drops_derivations(control: &FsPath) -> bool {
+pub(crate) fn drops_derivations(control: &FsPath) -> bool {
     matches!(load(control).derive, Some(Fault::Error))
 }
 
 /// Whether the control file says to lose pushes to the edge (`push=drop`).
-pub fn drops_pushes(control: &FsPath) -> bool {
+pub(crate) fn drops_pushes(control: &FsPath) -> bool {
     matches!(load(control).push, Some(Fault::Error))
 }
 

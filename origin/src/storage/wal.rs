@@ -11,8 +11,10 @@
 //! The log is a directory of numbered segments (`{n:016}.log`). A segment is
 //! closed when it passes the configured size; a closed segment is deleted
 //! once every record in it is in the store or superseded by a newer record
-//! of the same key in a later segment (see [`crate::dirty`] and
-//! [`crate::flush`]).
+//! of the same key in a later segment (see [`super::backlog`] and
+//! [`super::flusher`]).
+//! The writer thread is driven by a [`LogWriter`] worker, which closes it
+//! once everything queued before shutdown is on disk.
 //! At start every segment is replayed, oldest first; the newest record of
 //! each key wins, and the engine re-applies those newer than the store.
 //!
@@ -41,8 +43,9 @@ use bytes::Bytes;
 use prefold_core::Key;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::StoreError;
-use crate::object::Object;
+use super::StoreError;
+use crate::base::metrics::Scrape;
+use crate::base::{Object, Shutdown, Worker};
 
 /// Records waiting for the writer thread; past this, workers wait (backpressure).
 const QUEUE: usize = 8192;
@@ -51,13 +54,13 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// A handle to the log; clones share one writer thread.
 #[derive(Clone)]
-pub struct Wal {
-    tx: mpsc::Sender<Entry>,
-    shared: Arc<Shared>,
-    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+pub(crate) struct Wal {
+    tx: mpsc::Sender<Queued>,
+    segments: Arc<Segments>,
 }
 
-struct Shared {
+/// The log's directory and the numbers every handle and the writer share.
+struct Segments {
     dir: PathBuf,
     /// Held for the process's lifetime: two processes on one log would
     /// delete each other's segments.
@@ -67,33 +70,39 @@ struct Shared {
     records: AtomicU64,
 }
 
-struct Entry {
-    record: Vec<u8>,
-    done: Option<oneshot::Sender<bool>>,
+/// What waits for the writer thread.
+enum Queued {
+    /// A record, and who waits for its fsync.
+    Record {
+        record: Vec<u8>,
+        done: Option<oneshot::Sender<bool>>,
+    },
+    /// Write what came before, then stop.
+    Close,
 }
 
 /// The newest logged version of each key found at start, with the segment it
 /// came from.
-pub type Replayed = HashMap<Key, (u64, Object)>;
+pub(crate) type Replayed = HashMap<Key, (u64, Object)>;
 
 /// What [`Wal::open`] found.
-pub struct Replay {
+pub(crate) struct Replay {
     /// Newest record per key.
-    pub records: Replayed,
+    pub(crate) records: Replayed,
     /// Segments read.
-    pub segments: usize,
+    pub(crate) segments: usize,
     /// Records read (all versions).
-    pub read: u64,
+    pub(crate) read: u64,
     /// Segments that ended in a torn record.
-    pub torn: usize,
+    pub(crate) torn: usize,
 }
 
 /// Waits for the fsync that covers one record.
-pub struct Durable(oneshot::Receiver<bool>);
+pub(crate) struct Durable(oneshot::Receiver<bool>);
 
 impl Durable {
     /// Resolves once the record is on disk; `false` if the log failed.
-    pub async fn wait(self) -> bool {
+    pub(crate) async fn wait(self) -> bool {
         self.0.await.unwrap_or(false)
     }
 }
@@ -114,30 +123,29 @@ fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(out)
 }
 
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Open(format!("{what} {}: {e}", path.display()))
-}
-
 impl Wal {
     /// Replays the log in `dir` (creating it if needed) and starts a new
     /// segment for this run's writes. `segment_bytes` is the size at which a
-    /// segment is closed.
-    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Wal, Replay), StoreError> {
-        fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+    /// segment is closed. Records are written once the returned
+    /// [`LogWriter`] runs.
+    pub(crate) fn open(
+        dir: &Path,
+        segment_bytes: u64,
+    ) -> Result<(Wal, LogWriter, Replay), StoreError> {
+        fs::create_dir_all(dir).map_err(StoreError::io("creating", dir))?;
         let lock_path = dir.join("LOCK");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| io_err("opening", &lock_path, e))?;
+            .map_err(StoreError::io("opening", &lock_path))?;
         if lock.try_lock().is_err() {
-            return Err(StoreError::Open(format!(
-                "the write-ahead log in {} is in use by another process (give each process its own --wal-dir)",
-                dir.display()
-            )));
+            return Err(StoreError::LogInUse {
+                dir: dir.to_owned(),
+            });
         }
-        let existing = segments(dir).map_err(|e| io_err("listing", dir, e))?;
+        let existing = segments(dir).map_err(StoreError::io("listing", dir))?;
         let mut replay = Replay {
             records: HashMap::new(),
             segments: existing.len(),
@@ -146,7 +154,7 @@ impl Wal {
         };
         for &n in &existing {
             let path = segment_path(dir, n);
-            let data = fs::read(&path).map_err(|e| io_err("reading", &path, e))?;
+            let data = fs::read(&path).map_err(StoreError::io("reading", &path))?;
             let (read, torn) = replay_segment(n, &data, &mut replay.records);
             replay.read += read;
             if torn {
@@ -157,7 +165,7 @@ impl Wal {
         let first = existing.last().map_or(1, |n| n + 1);
         let file = create_segment(dir, first)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let shared = Arc::new(Shared {
+        let segments = Arc::new(Segments {
             dir: dir.to_owned(),
             _lock: lock,
             segment: AtomicU64::new(first),
@@ -170,30 +178,28 @@ impl Wal {
             size: 0,
             broken: false,
             segment_bytes,
-            shared: shared.clone(),
+            segments: segments.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("prefold-wal".into())
-            .spawn(move || writer.run())
-            .map_err(|e| StoreError::Open(format!("starting the log writer: {e}")))?;
-        Ok((
-            Wal {
-                tx,
-                shared,
-                thread: Arc::new(std::sync::Mutex::new(Some(thread))),
-            },
-            replay,
-        ))
+        let log_writer = LogWriter {
+            writer,
+            tx: tx.clone(),
+        };
+        Ok((Wal { tx, segments }, log_writer, replay))
     }
 
     /// The segment new records go to.
-    pub fn current_segment(&self) -> u64 {
-        self.shared.segment.load(Ordering::SeqCst)
+    pub(crate) fn current_segment(&self) -> u64 {
+        self.segments.segment.load(Ordering::SeqCst)
     }
 
     /// Appends a record. With `wait`, the returned [`Durable`] resolves when
     /// the record is on disk. Returns `None` if the writer has stopped.
-    pub async fn append(&self, key: &Key, object: &Object, wait: bool) -> Option<Option<Durable>> {
+    pub(crate) async fn append(
+        &self,
+        key: &Key,
+        object: &Object,
+        wait: bool,
+    ) -> Option<Option<Durable>> {
         let record = encode(key, object)?;
         let (done, durable) = if wait {
             let (tx, rx) = oneshot::channel();
@@ -201,44 +207,19 @@ impl Wal {
         } else {
             (None, None)
         };
-        self.tx.send(Entry { record, done }).await.ok()?;
+        self.tx.send(Queued::Record { record, done }).await.ok()?;
         Some(durable)
     }
 
-    /// Stops the writer once everything queued is on disk and waits for it,
-    /// which releases the log's lock. Other handles stop working.
-    pub fn close(self) {
-        let Wal { tx, thread, .. } = self;
-        drop(tx);
-        let handle = thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle {
-            // The writer ends when the last sender is gone; a clone still
-            // alive elsewhere would make this wait, so only the owner calls it.
-            let _ = handle.join();
-        }
-    }
-
-    /// Resolves once everything appended before the call is on disk.
-    pub async fn barrier(&self) {
-        let (tx, rx) = oneshot::channel();
-        let entry = Entry {
-            record: Vec::new(),
-            done: Some(tx),
-        };
-        if self.tx.send(entry).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
-
     /// Deletes closed segments numbered below `below`; returns how many.
-    pub fn trim_below(&self, below: u64) -> usize {
+    pub(crate) fn trim_below(&self, below: u64) -> usize {
         let current = self.current_segment();
-        let Ok(all) = segments(&self.shared.dir) else {
+        let Ok(all) = segments(&self.segments.dir) else {
             return 0;
         };
         let mut removed = 0;
         for n in all.into_iter().filter(|&n| n < below && n < current) {
-            match fs::remove_file(segment_path(&self.shared.dir, n)) {
+            match fs::remove_file(segment_path(&self.segments.dir, n)) {
                 Ok(()) => removed += 1,
                 Err(e) => tracing::warn!(segment = n, error = %e, "cannot delete a log segment"),
             }
@@ -247,13 +228,65 @@ impl Wal {
     }
 
     /// fsyncs so far (each covers a group of records).
-    pub fn fsyncs(&self) -> u64 {
-        self.shared.fsyncs.load(Ordering::Relaxed)
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.segments.fsyncs.load(Ordering::Relaxed)
     }
 
     /// Records written so far.
-    pub fn records(&self) -> u64 {
-        self.shared.records.load(Ordering::Relaxed)
+    pub(crate) fn records(&self) -> u64 {
+        self.segments.records.load(Ordering::Relaxed)
+    }
+
+    /// The log's numbers, for `/metrics`.
+    pub(crate) fn report(&self, s: &mut Scrape) {
+        s.counter(
+            "wal_fsyncs",
+            "Write-ahead log fsyncs (each covers a group of writes)",
+            self.fsyncs(),
+        );
+        s.counter(
+            "wal_records",
+            "Write-ahead log records written",
+            self.records(),
+        );
+    }
+}
+
+/// The worker that runs the log's writer thread.
+///
+/// The writer is a thread of its own, not a task: it blocks in `write` and
+/// `fdatasync`, and a named thread shows in a profile as the log's. The
+/// worker starts it, and at shutdown queues a close behind everything
+/// already appended and waits for the thread to write it all and end.
+pub(crate) struct LogWriter {
+    writer: Writer,
+    tx: mpsc::Sender<Queued>,
+}
+
+impl Worker for LogWriter {
+    fn name(&self) -> &'static str {
+        "log writer"
+    }
+
+    async fn run(self, shutdown: Shutdown) {
+        let LogWriter { writer, tx } = self;
+        let (ended_tx, mut ended) = oneshot::channel::<()>();
+        let started = std::thread::Builder::new()
+            .name("prefold-wal".into())
+            .spawn(move || {
+                writer.run();
+                let _ = ended_tx.send(());
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "cannot start the log writer thread; logged writes will fail");
+            return;
+        }
+        if shutdown.or(&mut ended).await.is_some() {
+            return;
+        }
+        let _ = tx.send(Queued::Close).await;
+        drop(tx);
+        let _ = ended.await;
     }
 }
 
@@ -314,7 +347,7 @@ fn decode_payload(payload: &[u8]) -> Option<(Key, Object)> {
     let key = std::str::from_utf8(payload.get(2..2 + key_len)?).ok()?;
     let key = Key::parse(key).ok()?;
     let envelope = Bytes::copy_from_slice(payload.get(2 + key_len..)?);
-    let object = Object::decode(&key, envelope).ok()?;
+    let object = Object::decode(envelope).ok()?;
     Some((key, object))
 }
 
@@ -324,51 +357,58 @@ fn create_segment(dir: &Path, n: u64) -> Result<File, StoreError> {
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|e| io_err("creating", &path, e))?;
+        .map_err(StoreError::io("creating", &path))?;
     // The new name must survive a crash too.
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("syncing", dir, e))?;
+        .map_err(StoreError::io("syncing", dir))?;
     Ok(file)
 }
 
 struct Writer {
-    rx: mpsc::Receiver<Entry>,
+    rx: mpsc::Receiver<Queued>,
     file: File,
     /// Bytes in the current segment that are known to be good.
     size: u64,
     /// The last write failed and no new segment could be started.
     broken: bool,
     segment_bytes: u64,
-    shared: Arc<Shared>,
+    segments: Arc<Segments>,
 }
 
 impl Writer {
     fn run(mut self) {
         let mut buf = Vec::with_capacity(MAX_BATCH_BYTES);
         let mut waiters = Vec::new();
-        // Ends when every handle is dropped and the queue is empty.
+        let mut closing = false;
+        // Ends at a close, or when every handle is dropped and the queue is
+        // empty.
         while let Some(first) = self.rx.blocking_recv() {
             buf.clear();
             let mut count = 0u64;
-            let mut push = |e: Entry, buf: &mut Vec<u8>| {
-                buf.extend_from_slice(&e.record);
-                count += 1;
-                if let Some(done) = e.done {
-                    waiters.push(done);
+            let mut next = Some(first);
+            while let Some(q) = next.take() {
+                match q {
+                    Queued::Record { record, done } => {
+                        buf.extend_from_slice(&record);
+                        count += 1;
+                        if let Some(done) = done {
+                            waiters.push(done);
+                        }
+                    }
+                    Queued::Close => closing = true,
                 }
-            };
-            push(first, &mut buf);
-            while buf.len() < MAX_BATCH_BYTES {
-                match self.rx.try_recv() {
-                    Ok(e) => push(e, &mut buf),
-                    Err(_) => break,
+                if buf.len() < MAX_BATCH_BYTES && !closing {
+                    next = self.rx.try_recv().ok();
                 }
             }
+            if closing && buf.is_empty() && waiters.is_empty() {
+                break;
+            }
             let ok = self.write_batch(&buf);
-            self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.segments.fsyncs.fetch_add(1, Ordering::Relaxed);
             if ok {
-                self.shared.records.fetch_add(count, Ordering::Relaxed);
+                self.segments.records.fetch_add(count, Ordering::Relaxed);
             }
             // Rotating before answering keeps `current_segment` in step with
             // what writers have seen acknowledged.
@@ -377,6 +417,9 @@ impl Writer {
             }
             for w in waiters.drain(..) {
                 let _ = w.send(ok);
+            }
+            if closing {
+                break;
             }
         }
     }
@@ -410,13 +453,13 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> bool {
-        let next = self.shared.segment.load(Ordering::SeqCst) + 1;
-        match create_segment(&self.shared.dir, next) {
+        let next = self.segments.segment.load(Ordering::SeqCst) + 1;
+        match create_segment(&self.segments.dir, next) {
             Ok(file) => {
                 self.file = file;
                 self.size = 0;
                 self.broken = false;
-                self.shared.segment.store(next, Ordering::SeqCst);
+                self.segments.segment.store(next, Ordering::SeqCst);
                 true
             }
             Err(e) => {
@@ -431,9 +474,26 @@ impl Writer {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::base::Tasks;
+    use std::time::Duration;
 
     fn obj(version: u64, body: &'static [u8]) -> Object {
         Object::new(version, "application/json", Bytes::from_static(body))
+    }
+
+    /// Opens the log in `dir` with its writer running.
+    fn open(dir: &Path, segment_bytes: u64) -> (Wal, Tasks, Replay) {
+        let (wal, writer, replay) = Wal::open(dir, segment_bytes).unwrap();
+        let mut tasks = Tasks::new("log");
+        tasks.spawn(writer);
+        (wal, tasks, replay)
+    }
+
+    /// Stops the writer once everything queued is on disk, and lets go of
+    /// the log's lock.
+    async fn close(wal: Wal, tasks: Tasks) {
+        assert!(tasks.stop(Duration::from_secs(10)).await);
+        drop(wal);
     }
 
     #[tokio::test]
@@ -441,7 +501,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Key::parse("t/a").unwrap(), Key::parse("t/b").unwrap());
         {
-            let (wal, replay) = Wal::open(dir.path(), 1 << 20).unwrap();
+            let (wal, tasks, replay) = open(dir.path(), 1 << 20);
             assert!(replay.records.is_empty());
             wal.append(&a, &obj(1, b"1"), false).await.unwrap();
             wal.append(&a, &obj(2, b"2"), false).await.unwrap();
@@ -449,10 +509,10 @@ mod tests {
             let last = wal.append(&b, &obj(4, b"old"), true).await.unwrap();
             assert!(last.unwrap().wait().await);
             assert!(wal.fsyncs() >= 1);
-            wal.close();
+            close(wal, tasks).await;
         }
-        let (w, replay) = Wal::open(dir.path(), 1 << 20).unwrap();
-        w.close();
+        let (w, tasks, replay) = open(dir.path(), 1 << 20);
+        close(w, tasks).await;
         assert_eq!(replay.read, 4);
         assert_eq!(replay.records[&a].1, obj(2, b"2"));
         assert!(replay.records[&b].1.tombstone, "older version does not win");
@@ -463,10 +523,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let k = Key::parse("t/torn").unwrap();
         {
-            let (wal, _) = Wal::open(dir.path(), 1 << 20).unwrap();
+            let (wal, tasks, _) = open(dir.path(), 1 << 20);
             let d = wal.append(&k, &obj(1, b"\"ok\""), true).await.unwrap();
             assert!(d.unwrap().wait().await);
-            wal.close();
+            close(wal, tasks).await;
         }
         let seg = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&seg).unwrap();
@@ -475,23 +535,23 @@ mod tests {
         let mut next = encode(&k, &obj(2, b"\"cut\"")).unwrap();
         bytes.extend_from_slice(&next[..next.len() - 3]);
         fs::write(&seg, &bytes).unwrap();
-        let (w, replay) = Wal::open(dir.path(), 1 << 20).unwrap();
-        w.close();
+        let (w, tasks, replay) = open(dir.path(), 1 << 20);
+        close(w, tasks).await;
         assert_eq!((replay.read, replay.torn), (1, 1));
         assert_eq!(replay.records[&k].1.version, 1);
         bytes.truncate(whole);
         next[9] ^= 0xff;
         bytes.extend_from_slice(&next);
         fs::write(&seg, &bytes).unwrap();
-        let (w, replay) = Wal::open(dir.path(), 1 << 20).unwrap();
-        w.close();
+        let (w, tasks, replay) = open(dir.path(), 1 << 20);
+        close(w, tasks).await;
         assert_eq!(replay.records[&k].1.version, 1);
     }
 
     #[tokio::test]
     async fn rotates_and_trims_closed_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(dir.path(), 64).unwrap();
+        let (wal, _tasks, _) = open(dir.path(), 64);
         let k = Key::parse("t/r").unwrap();
         for v in 1..=5 {
             let body = b"\"0123456789abcdef0123456789abcdef0123456789\"";
@@ -515,7 +575,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = create_segment(dir.path(), 1).unwrap();
         let (tx, rx) = mpsc::channel(QUEUE);
-        let shared = Arc::new(Shared {
+        let segments = Arc::new(Segments {
             dir: dir.path().to_owned(),
             _lock: File::open(dir.path()).unwrap(),
             segment: AtomicU64::new(1),
@@ -524,8 +584,7 @@ mod tests {
         });
         let wal = Wal {
             tx,
-            shared: shared.clone(),
-            thread: Arc::default(),
+            segments: segments.clone(),
         };
         // 200 writers queue their records while the writer is busy (here:
         // not started yet); it then makes them durable with one fsync.
@@ -540,7 +599,7 @@ mod tests {
             size: 0,
             broken: false,
             segment_bytes: 1 << 30,
-            shared,
+            segments,
         };
         std::thread::spawn(move || writer.run());
         for d in durable {
@@ -555,7 +614,7 @@ mod tests {
         let _first = Wal::open(dir.path(), 1 << 20).unwrap();
         assert!(matches!(
             Wal::open(dir.path(), 1 << 20),
-            Err(StoreError::Open(_))
+            Err(StoreError::LogInUse { .. })
         ));
     }
 

@@ -9,11 +9,11 @@
 use bytes::Bytes;
 use serde_json::{Number, Value};
 
-use crate::object::Object;
+use super::object::Object;
 
 /// One write to one key.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Op {
+pub(crate) enum Op {
     /// Replace the whole object (`PUT`).
     Put {
         /// Its media type (a JSON type).
@@ -41,9 +41,52 @@ pub enum Op {
     },
 }
 
+/// The kinds of write, for counting them (`prefold_writes_total{op=…}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    /// `PUT`.
+    Put,
+    /// `PATCH`.
+    Patch,
+    /// `DELETE`.
+    Delete,
+    /// `POST ?op=append`.
+    Append,
+    /// `POST ?op=increment` (also a counter view's increment).
+    Increment,
+}
+
+impl OpKind {
+    /// Every kind, in the order of [`OpKind::index`].
+    pub(crate) const ALL: [OpKind; 5] = [
+        OpKind::Put,
+        OpKind::Patch,
+        OpKind::Delete,
+        OpKind::Append,
+        OpKind::Increment,
+    ];
+
+    /// The label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Put => "put",
+            OpKind::Patch => "patch",
+            OpKind::Delete => "delete",
+            OpKind::Append => "append",
+            OpKind::Increment => "increment",
+        }
+    }
+
+    /// The kind's position in [`OpKind::ALL`] (an index into per-kind
+    /// counters).
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Why an operation cannot apply to the current object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OpError {
+pub(crate) enum OpError {
     /// `PATCH` or `DELETE` of an object that does not exist.
     NotFound,
     /// The operation does not fit what is there (e.g. appending to a string).
@@ -52,7 +95,7 @@ pub enum OpError {
 
 /// The new content of a key after an operation.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A live object.
     Live {
         /// Media type.
@@ -68,9 +111,20 @@ pub enum Outcome {
 }
 
 impl Op {
+    /// What kind of write this is.
+    pub(crate) fn kind(&self) -> OpKind {
+        match self {
+            Op::Put { .. } => OpKind::Put,
+            Op::Patch(_) => OpKind::Patch,
+            Op::Delete => OpKind::Delete,
+            Op::Append { .. } => OpKind::Append,
+            Op::Increment { .. } => OpKind::Increment,
+        }
+    }
+
     /// Computes the next content from the current object (`None` when the key
     /// has no live object).
-    pub fn apply(&self, current: Option<&Object>) -> Result<Outcome, OpError> {
+    pub(crate) fn apply(&self, current: Option<&Object>) -> Result<Outcome, OpError> {
         match self {
             Op::Put { content_type, body } => Ok(Outcome::Live {
                 content_type: content_type.clone(),

@@ -1,0 +1,1 @@
+//! Handler tests without a socket: the router over an in-memory store.

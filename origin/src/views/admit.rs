@@ -1,0 +1,106 @@
+//! What the model says about a write before and while the engine applies
+//! it: views are read-only (a counter takes increments), an entity's key
+//! shape, fields and references must fit its type, and every new version of
+//! an entity is checked again inside its partition worker, where the result
+//! of a merge patch or an increment is first known.
+
+use std::sync::Arc;
+
+use prefold_core::model::ViewKind;
+use prefold_core::{Key, Violation};
+use serde_json::Value;
+use thiserror::Error;
+
+use super::Views;
+use crate::base::Op;
+use crate::engine::{Check, Engine, EngineError};
+
+/// Why the model refuses a write.
+#[derive(Debug, Error)]
+pub(crate) enum Refusal {
+    /// Views are derived: only reads (and counter increments) reach them.
+    #[error("`{view}` is a view; it is derived from the model's entities and cannot be written")]
+    ReadOnlyView {
+        /// The view.
+        view: String,
+        /// The methods it answers.
+        allow: &'static str,
+    },
+    /// The body of an entity's `PUT` is not JSON.
+    #[error("{0}")]
+    Malformed(String),
+    /// The document breaks its type, or names a reference that does not
+    /// exist.
+    #[error(transparent)]
+    Violation(#[from] Violation),
+    /// Looking a reference up failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl Views {
+    /// Whether `key` names a counter view (whose `POST` is an increment).
+    pub(crate) fn is_counter(&self, key: &Key) -> bool {
+        matches!(
+            self.model.view(key.kind()).map(|v| &v.kind),
+            Some(ViewKind::Counter(_))
+        )
+    }
+
+    /// Checks a write against the model before the engine sees it.
+    /// References must exist when written (`ref:`; `weakref:` may dangle);
+    /// they are checked here, before the write, because another partition
+    /// holds the referenced entity, so a delete racing this write can still
+    /// leave a dangling reference, which views render as null.
+    pub(crate) async fn admit(&self, engine: &Engine, key: &Key, op: &Op) -> Result<(), Refusal> {
+        let model = &self.model;
+        if let Some(view) = model.view(key.kind()) {
+            return Err(Refusal::ReadOnlyView {
+                view: view.name.clone(),
+                allow: if matches!(view.kind, ViewKind::Counter(_)) {
+                    "GET, HEAD, POST"
+                } else {
+                    "GET, HEAD"
+                },
+            });
+        }
+        let Some(entity) = model.entity(key.kind()) else {
+            return Ok(());
+        };
+        // The document, or the part of it a merge patch sets.
+        let doc: Value = match op {
+            Op::Put { body, .. } => {
+                let doc: Value =
+                    serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
+                model.check(entity, key, &doc)?;
+                doc
+            }
+            Op::Patch(patch) => patch.clone(),
+            _ => return Ok(()),
+        };
+        for (field, target) in model.references(entity, &doc) {
+            if engine.read(&target).await?.is_none() {
+                return Err(Violation::Dangling {
+                    entity: entity.name.clone(),
+                    field,
+                    target: target.to_string(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The check the engine applies to every new version: an entity's
+    /// fields must fit its type (other objects pass).
+    pub(crate) fn entity_check(&self) -> Check {
+        let model = self.model.clone();
+        Arc::new(move |key, body| {
+            let Some(entity) = model.entity(key.kind()) else {
+                return Ok(());
+            };
+            let doc = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            model.check(entity, key, &doc).map_err(|v| v.to_string())
+        })
+    }
+}
