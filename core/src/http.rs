@@ -164,6 +164,28 @@ pub fn is_json_media_type(content_type: &str) -> bool {
     }
 }
 
+/// Whether a `Content-Type` names a JSON merge patch, the one body a `PATCH`
+/// accepts: its media type, before any parameters, is
+/// [`MERGE_PATCH_CONTENT_TYPE`] in any case (media types are
+/// case-insensitive, RFC 9110 §8.3.1).
+pub fn is_merge_patch_media_type(content_type: &str) -> bool {
+    content_type.split(';').next().is_some_and(|essence| {
+        essence
+            .trim()
+            .eq_ignore_ascii_case(MERGE_PATCH_CONTENT_TYPE)
+    })
+}
+
+/// Whether a `Content-Length` value declares a body larger than `limit`
+/// bytes, so the write can be refused before any of it is read. An absent or
+/// unparsable value says nothing: the body is measured against the limit as
+/// it is read anyway.
+pub fn declared_length_exceeds(content_length: Option<&str>, limit: u32) -> bool {
+    content_length
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > u64::from(limit))
+}
+
 /// Checks that a body is one well-formed JSON value, and says where it is not.
 pub fn check_json(body: &[u8]) -> Result<(), String> {
     serde_json::from_slice::<serde::de::IgnoredAny>(body)
@@ -398,6 +420,44 @@ mod tests {
             "",
         ] {
             assert!(!is_json_media_type(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn merge_patch_media_types() {
+        for ok in [
+            "application/merge-patch+json",
+            "Application/Merge-Patch+JSON",
+            " application/merge-patch+json ; charset=utf-8",
+        ] {
+            assert!(is_merge_patch_media_type(ok), "{ok}");
+        }
+        for bad in [
+            "application/json",
+            "application/merge-patch+jsonx",
+            "charset=utf-8; application/merge-patch+json",
+            "",
+        ] {
+            assert!(!is_merge_patch_media_type(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn declared_lengths() {
+        assert!(!declared_length_exceeds(None, 10));
+        assert!(!declared_length_exceeds(Some("10"), 10));
+        assert!(declared_length_exceeds(Some("11"), 10));
+        assert!(declared_length_exceeds(Some(" 11 "), 10));
+        assert!(declared_length_exceeds(
+            Some("18446744073709551615"),
+            u32::MAX
+        ));
+        assert!(!declared_length_exceeds(Some("0"), 0));
+        for unparsable in ["", "-1", "1e3", "ten", "18446744073709551616"] {
+            assert!(
+                !declared_length_exceeds(Some(unparsable), 0),
+                "{unparsable:?}"
+            );
         }
     }
 

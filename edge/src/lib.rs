@@ -333,6 +333,18 @@ fn cluster_get(url: &str, token: &str, extra: &[(&str, &str)]) -> Result<Request
     Ok(Request::new_with_init(url, &init)?)
 }
 
+/// The headers named in `names` that `from` has, and only those: what the
+/// edge passes between client and origin is a fixed list, never everything.
+fn copy_headers(from: &Headers, names: &[&str]) -> Result<Headers, EdgeError> {
+    let out = Headers::new();
+    for name in names {
+        if let Some(v) = from.get(name)? {
+            out.set(name, &v)?;
+        }
+    }
+    Ok(out)
+}
+
 /// Where an origin serves a key.
 fn object_url(origin: &Origin, key: &Key) -> String {
     format!("{}/o/{}", origin.url, key.as_str())

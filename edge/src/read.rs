@@ -25,7 +25,7 @@ use prefold_core::publish::{kv_decision, KvDecision, KvMeta};
 use prefold_core::Key;
 use worker::{Context, Headers, Method, Request, Response};
 
-use crate::{call_origin, object_url, Edge, EdgeError};
+use crate::{call_origin, copy_headers, object_url, Edge, EdgeError};
 
 /// Origins asked per read at most (the owner and two more), each within the
 /// timeout: a read's time stays bounded however many origins are down.
@@ -192,12 +192,10 @@ async fn query_owner(
             status,
         });
     }
-    let out = Headers::new();
-    for name in ["content-type", "cache-control", "retry-after"] {
-        if let Some(v) = resp.headers().get(name)? {
-            out.set(name, &v)?;
-        }
-    }
+    let out = copy_headers(
+        resp.headers(),
+        &["content-type", "cache-control", "retry-after"],
+    )?;
     let body = if req.method() == Method::Head {
         Vec::new()
     } else {
