@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Range;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use thiserror::Error;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -554,8 +554,16 @@ impl Model {
                 });
             }
         }
+        self.check_view_ids(name, obj)
+    }
+
+    /// The values of a `name` document that views derived from it use as ids
+    /// (list parents, groups, index and set fields) must each make a key of
+    /// the view: checked at write time, so that deriving the view never
+    /// meets an id it cannot store under.
+    fn check_view_ids(&self, name: &str, obj: &Map<String, Value>) -> Result<(), Violation> {
         for view in self.views.values() {
-            if view.kind.from() != Some(name.as_str()) {
+            if view.kind.from() != Some(name) {
                 continue;
             }
             let id_fields: Vec<&str> = match &view.kind {
@@ -569,7 +577,7 @@ impl Model {
                 if let Some(value) = obj.get(field).and_then(scalar_id) {
                     if let Err(e) = Key::parse(&format!("{}/{value}", view.name)) {
                         return Err(Violation::NotAKey {
-                            entity: name.clone(),
+                            entity: name.to_owned(),
                             field: field.to_owned(),
                             value,
                             reason: e.to_string(),
@@ -681,6 +689,15 @@ impl Cx<'_> {
             field: field.to_owned(),
             message,
         }
+    }
+
+    /// The mistake every key that names fields of an entity can make.
+    fn no_field(&self, span: Range<usize>, path: &str, entity: &Entity, field: &str) -> ModelError {
+        self.error(
+            span,
+            path,
+            format!("`{}` has no field `{field}`", entity.name),
+        )
     }
 
     fn table<'v, 'i>(&self, v: &'v Val<'i>, path: &str) -> Result<&'v DeTable<'i>, ModelError> {
@@ -873,14 +890,29 @@ impl Cx<'_> {
         let t = self.table(v, &path)?;
         let kind_v = self.required(t, "kind", &path, k.span())?;
         let kind = self.string(kind_v, &format!("{path}.kind"))?;
-        let keys: &[&str] = match kind.as_str() {
-            "embed" => &["kind", "from", "fields", "embed"],
-            "list" => &["kind", "from", "parent", "order", "fields", "page_size"],
-            "aggregate" => &["kind", "from", "group", "measures"],
-            "counter" => &["kind", "publish_ms"],
-            "index" => &["kind", "from", "eq", "range", "fields", "page_size"],
-            "text" => &["kind", "from", "fields", "show", "page_size"],
-            "set" => &["kind", "from", "owner", "member", "symmetric"],
+        let (keys, parse): (&[&str], KindParser<'_, '_>) = match kind.as_str() {
+            "embed" => (&["kind", "from", "fields", "embed"], ViewTable::embed),
+            "list" => (
+                &["kind", "from", "parent", "order", "fields", "page_size"],
+                ViewTable::list,
+            ),
+            "aggregate" => (
+                &["kind", "from", "group", "measures"],
+                ViewTable::aggregate,
+            ),
+            "counter" => (&["kind", "publish_ms"], ViewTable::counter),
+            "index" => (
+                &["kind", "from", "eq", "range", "fields", "page_size"],
+                ViewTable::index,
+            ),
+            "text" => (
+                &["kind", "from", "fields", "show", "page_size"],
+                ViewTable::text,
+            ),
+            "set" => (
+                &["kind", "from", "owner", "member", "symmetric"],
+                ViewTable::set,
+            ),
             other => {
                 return Err(self.error(
                     kind_v.span(),
@@ -890,315 +922,16 @@ impl Cx<'_> {
             }
         };
         self.allow_keys(t, &path, keys, &format!("a `{kind}` view"))?;
-        let from = |cx: &Self| -> Result<&Entity, ModelError> {
-            let fv = cx.required(t, "from", &path, k.span())?;
-            let from = cx.string(fv, &format!("{path}.from"))?;
-            model.entities.get(&from).ok_or_else(|| {
-                cx.error(
-                    fv.span(),
-                    &format!("{path}.from"),
-                    format!("`{from}` is not a declared entity"),
-                )
-            })
-        };
-        // A field of `entity`, named by the string at `key`.
-        let field_of = |cx: &Self, entity: &Entity, key: &str| -> Result<String, ModelError> {
-            let fv = cx.required(t, key, &path, k.span())?;
-            let f = cx.string(fv, &format!("{path}.{key}"))?;
-            if !entity.fields.contains_key(&f) {
-                return Err(cx.error(
-                    fv.span(),
-                    &format!("{path}.{key}"),
-                    format!("`{}` has no field `{f}`", entity.name),
-                ));
-            }
-            Ok(f)
-        };
-        let fields_of = |cx: &Self,
-                         entity: &Entity,
-                         key: &str,
-                         required: bool|
-         -> Result<Vec<String>, ModelError> {
-            let Some(fv) = t.get(key) else {
-                if required {
-                    return Err(cx.error(k.span(), &format!("{path}.{key}"), "is required".into()));
-                }
-                return Ok(Vec::new());
-            };
-            let list = cx.strings(fv, &format!("{path}.{key}"))?;
-            cx.known_fields(entity, &list, &format!("{path}.{key}"))
-        };
-        let page_size = |cx: &Self| -> Result<u32, ModelError> {
-            match t.get("page_size") {
-                None => Ok(20),
-                Some(pv) => {
-                    let n = cx.int(pv, &format!("{path}.page_size"))?;
-                    u32::try_from(n)
-                        .ok()
-                        .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
-                        .ok_or_else(|| {
-                            cx.error(
-                                pv.span(),
-                                &format!("{path}.page_size"),
-                                format!("must be between 1 and {MAX_PAGE_SIZE}"),
-                            )
-                        })
-                }
-            }
-        };
-        let kind = match kind.as_str() {
-            "embed" => {
-                let e = from(self)?;
-                let fields = fields_of(self, e, "fields", false)?;
-                let mut embed = Vec::new();
-                if let Some(ev) = t.get("embed") {
-                    let epath = format!("{path}.embed");
-                    for (rk, rv) in self.table(ev, &epath)?.iter() {
-                        let field: &str = rk.get_ref();
-                        let rpath = format!("{epath}.{field}");
-                        let target = match e.fields.get(field) {
-                            Some(Field {
-                                ty: FieldType::Ref { entity, .. },
-                                ..
-                            }) => entity,
-                            Some(_) => {
-                                return Err(self.error(
-                                    rk.span(),
-                                    &rpath,
-                                    format!("`{}.{field}` is not a reference", e.name),
-                                ))
-                            }
-                            None => {
-                                return Err(self.error(
-                                    rk.span(),
-                                    &rpath,
-                                    format!("`{}` has no field `{field}`", e.name),
-                                ))
-                            }
-                        };
-                        let target_e = model.entities.get(target).ok_or_else(|| {
-                            self.error(rk.span(), &rpath, format!("unknown entity `{target}`"))
-                        })?;
-                        let list = self.strings(rv, &rpath)?;
-                        embed.push(Embedded {
-                            field: field.to_owned(),
-                            entity: target.clone(),
-                            fields: self.known_fields(target_e, &list, &rpath)?,
-                        });
-                    }
-                }
-                if fields.is_empty() && embed.is_empty() {
-                    return Err(self.error(
-                        k.span(),
-                        &path,
-                        "copies no field and embeds nothing".into(),
-                    ));
-                }
-                ViewKind::Embed(Embed {
-                    from: e.name.clone(),
-                    fields,
-                    embed,
-                })
-            }
-            "list" => {
-                let e = from(self)?;
-                let parent = field_of(self, e, "parent")?;
-                let ov = self.required(t, "order", &path, k.span())?;
-                let opath = format!("{path}.order");
-                let mut order = Vec::new();
-                for (spec, span) in self.strings(ov, &opath)? {
-                    let (descending, field) = match spec.strip_prefix('-') {
-                        Some(f) => (true, f.to_owned()),
-                        None => (false, spec.clone()),
-                    };
-                    match e.fields.get(&field) {
-                        Some(f) if sortable(&f.ty) => order.push(SortField { field, descending }),
-                        Some(f) => {
-                            return Err(self.error(
-                                span,
-                                &opath,
-                                format!("`{field}` is a {} and cannot be sorted by", f.ty),
-                            ))
-                        }
-                        None => {
-                            return Err(self.error(
-                                span,
-                                &opath,
-                                format!("`{}` has no field `{field}`", e.name),
-                            ))
-                        }
-                    }
-                }
-                if order.is_empty() {
-                    return Err(self.error(ov.span(), &opath, "needs at least one field".into()));
-                }
-                ViewKind::List(List {
-                    from: e.name.clone(),
-                    parent,
-                    order,
-                    fields: fields_of(self, e, "fields", true)?,
-                    page_size: page_size(self)?,
-                })
-            }
-            "aggregate" => {
-                let e = from(self)?;
-                let group = field_of(self, e, "group")?;
-                let mv = self.required(t, "measures", &path, k.span())?;
-                let mpath = format!("{path}.measures");
-                let mut measures = Vec::new();
-                for (nk, nv) in self.table(mv, &mpath)?.iter() {
-                    let mname: &str = nk.get_ref();
-                    let npath = format!("{mpath}.{mname}");
-                    if !is_identifier(mname) || mname == "id" {
-                        return Err(self.error(
-                            nk.span(),
-                            &npath,
-                            "a measure name is lower-case letters, digits and `_`, and not `id`"
-                                .into(),
-                        ));
-                    }
-                    let spec = self.string(nv, &npath)?;
-                    let (func, field) = match spec.split_once(':') {
-                        Some((f, field)) => (f, Some(field.to_owned())),
-                        None => (spec.as_str(), None),
-                    };
-                    let func = match func {
-                        "count" => MeasureFn::Count,
-                        "sum" => MeasureFn::Sum,
-                        "avg" => MeasureFn::Avg,
-                        "min" => MeasureFn::Min,
-                        "max" => MeasureFn::Max,
-                        other => return Err(self.error(nv.span(), &npath, format!("unknown function `{other}`; expected count, sum:F, avg:F, min:F or max:F"))),
-                    };
-                    match &field {
-                        None if func != MeasureFn::Count => {
-                            return Err(self.error(
-                                nv.span(),
-                                &npath,
-                                "needs a field: `sum:F`".into(),
-                            ))
-                        }
-                        Some(f) => match e.fields.get(f) {
-                            Some(d)
-                                if func == MeasureFn::Count
-                                    || matches!(d.ty, FieldType::Int | FieldType::Number) => {}
-                            Some(d) => {
-                                return Err(self.error(
-                                    nv.span(),
-                                    &npath,
-                                    format!("`{f}` is a {}, not a number", d.ty),
-                                ))
-                            }
-                            None => {
-                                return Err(self.error(
-                                    nv.span(),
-                                    &npath,
-                                    format!("`{}` has no field `{f}`", e.name),
-                                ))
-                            }
-                        },
-                        None => {}
-                    }
-                    measures.push(Measure {
-                        name: mname.to_owned(),
-                        func,
-                        field,
-                    });
-                }
-                if measures.is_empty() {
-                    return Err(self.error(mv.span(), &mpath, "declares no measure".into()));
-                }
-                ViewKind::Aggregate(Aggregate {
-                    from: e.name.clone(),
-                    group,
-                    measures,
-                })
-            }
-            "counter" => {
-                let publish_ms = match t.get("publish_ms") {
-                    None => MIN_PUBLISH_MS,
-                    Some(pv) => {
-                        let n = self.int(pv, &format!("{path}.publish_ms"))?;
-                        u64::try_from(n).ok().filter(|n| *n >= MIN_PUBLISH_MS).ok_or_else(|| {
-                            self.error(pv.span(), &format!("{path}.publish_ms"), format!("must be at least {MIN_PUBLISH_MS}: Workers KV takes one write per second per key"))
-                        })?
-                    }
-                };
-                ViewKind::Counter(Counter { publish_ms })
-            }
-            "index" => {
-                let e = from(self)?;
-                let eq = field_of(self, e, "eq")?;
-                let range = field_of(self, e, "range")?;
-                if let Some(f) = e.fields.get(&range).filter(|f| !sortable(&f.ty)) {
-                    let rv = t.get("range").map_or(k.span(), Spanned::span);
-                    return Err(self.error(
-                        rv,
-                        &format!("{path}.range"),
-                        format!("`{range}` is a {} and cannot be ranged over", f.ty),
-                    ));
-                }
-                ViewKind::Index(Index {
-                    from: e.name.clone(),
-                    eq,
-                    range,
-                    fields: fields_of(self, e, "fields", true)?,
-                    page_size: page_size(self)?,
-                })
-            }
-            "text" => {
-                let e = from(self)?;
-                let fields = fields_of(self, e, "fields", true)?;
-                if let Some(f) = fields
-                    .iter()
-                    .find(|f| e.fields.get(*f).is_some_and(|d| d.ty != FieldType::String))
-                {
-                    let span = t.get("fields").map_or(k.span(), Spanned::span);
-                    return Err(self.error(
-                        span,
-                        &format!("{path}.fields"),
-                        format!("`{f}` is not a string field"),
-                    ));
-                }
-                if fields.is_empty() {
-                    return Err(self.error(
-                        k.span(),
-                        &format!("{path}.fields"),
-                        "needs at least one field".into(),
-                    ));
-                }
-                ViewKind::Text(Text {
-                    from: e.name.clone(),
-                    fields,
-                    show: fields_of(self, e, "show", false)?,
-                    page_size: page_size(self)?,
-                })
-            }
-            _ => {
-                let e = from(self)?;
-                let owner = field_of(self, e, "owner")?;
-                let member = field_of(self, e, "member")?;
-                let symmetric = match t.get("symmetric") {
-                    None => false,
-                    Some(sv) => sv.get_ref().as_bool().ok_or_else(|| {
-                        self.error(
-                            sv.span(),
-                            &format!("{path}.symmetric"),
-                            "must be true or false".into(),
-                        )
-                    })?,
-                };
-                ViewKind::Set(SetView {
-                    from: e.name.clone(),
-                    owner,
-                    member,
-                    symmetric,
-                })
-            }
+        let table = ViewTable {
+            cx: self,
+            t,
+            path,
+            at: k.span(),
+            model,
         };
         Ok(View {
             name: name.to_owned(),
-            kind,
+            kind: parse(&table)?,
         })
     }
 
@@ -1211,11 +944,7 @@ impl Cx<'_> {
         let mut out = Vec::new();
         for (f, span) in list {
             if !entity.fields.contains_key(f) {
-                return Err(self.error(
-                    span.clone(),
-                    path,
-                    format!("`{}` has no field `{f}`", entity.name),
-                ));
+                return Err(self.no_field(span.clone(), path, entity, f));
             }
             if out.contains(f) {
                 return Err(self.error(span.clone(), path, format!("`{f}` is listed twice")));
@@ -1223,6 +952,369 @@ impl Cx<'_> {
             out.push(f.clone());
         }
         Ok(out)
+    }
+}
+
+/// Reads the table of one view kind, once its keys are known to fit it.
+type KindParser<'a, 'i> = fn(&ViewTable<'a, 'i>) -> Result<ViewKind, ModelError>;
+
+/// One `[view.*]` table being read: the model its entities and fields are
+/// looked up in, and where its errors point.
+struct ViewTable<'a, 'i> {
+    cx: &'a Cx<'a>,
+    t: &'a DeTable<'i>,
+    /// `view.{name}`: every error's field starts with it.
+    path: String,
+    /// The view's name: an absent key has no span of its own, so its error
+    /// points here.
+    at: Range<usize>,
+    model: &'a Model,
+}
+
+impl<'a, 'i> ViewTable<'a, 'i> {
+    fn key_path(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
+
+    fn required(&self, key: &str) -> Result<&'a Val<'i>, ModelError> {
+        self.cx.required(self.t, key, &self.path, self.at.clone())
+    }
+
+    /// The entity the view is derived from, named by `from`.
+    fn from(&self) -> Result<&'a Entity, ModelError> {
+        let fv = self.required("from")?;
+        let path = self.key_path("from");
+        let from = self.cx.string(fv, &path)?;
+        self.model.entities.get(&from).ok_or_else(|| {
+            self.cx.error(
+                fv.span(),
+                &path,
+                format!("`{from}` is not a declared entity"),
+            )
+        })
+    }
+
+    /// A field of `entity`, named by the string at `key`.
+    fn field_of(&self, entity: &Entity, key: &str) -> Result<String, ModelError> {
+        let fv = self.required(key)?;
+        let path = self.key_path(key);
+        let f = self.cx.string(fv, &path)?;
+        if !entity.fields.contains_key(&f) {
+            return Err(self.cx.no_field(fv.span(), &path, entity, &f));
+        }
+        Ok(f)
+    }
+
+    /// Fields of `entity`, listed at `key`; an absent list is empty unless
+    /// it is `required`.
+    fn fields_of(
+        &self,
+        entity: &Entity,
+        key: &str,
+        required: bool,
+    ) -> Result<Vec<String>, ModelError> {
+        let path = self.key_path(key);
+        let Some(fv) = self.t.get(key) else {
+            if required {
+                return Err(self.cx.error(self.at.clone(), &path, "is required".into()));
+            }
+            return Ok(Vec::new());
+        };
+        let list = self.cx.strings(fv, &path)?;
+        self.cx.known_fields(entity, &list, &path)
+    }
+
+    fn page_size(&self) -> Result<u32, ModelError> {
+        let Some(pv) = self.t.get("page_size") else {
+            return Ok(20);
+        };
+        let path = self.key_path("page_size");
+        let n = self.cx.int(pv, &path)?;
+        u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+            .ok_or_else(|| {
+                self.cx.error(
+                    pv.span(),
+                    &path,
+                    format!("must be between 1 and {MAX_PAGE_SIZE}"),
+                )
+            })
+    }
+
+    fn embed(&self) -> Result<ViewKind, ModelError> {
+        let e = self.from()?;
+        let fields = self.fields_of(e, "fields", false)?;
+        let embed = match self.t.get("embed") {
+            Some(ev) => self.embedded(e, ev)?,
+            None => Vec::new(),
+        };
+        if fields.is_empty() && embed.is_empty() {
+            return Err(self.cx.error(
+                self.at.clone(),
+                &self.path,
+                "copies no field and embeds nothing".into(),
+            ));
+        }
+        Ok(ViewKind::Embed(Embed {
+            from: e.name.clone(),
+            fields,
+            embed,
+        }))
+    }
+
+    /// The `embed` table: per reference field of `e`, the fields of the
+    /// entity it references.
+    fn embedded(&self, e: &Entity, ev: &Val<'_>) -> Result<Vec<Embedded>, ModelError> {
+        let epath = self.key_path("embed");
+        let mut embed = Vec::new();
+        for (rk, rv) in self.cx.table(ev, &epath)?.iter() {
+            let field: &str = rk.get_ref();
+            let rpath = format!("{epath}.{field}");
+            let target = match e.fields.get(field) {
+                Some(Field {
+                    ty: FieldType::Ref { entity, .. },
+                    ..
+                }) => entity,
+                Some(_) => {
+                    return Err(self.cx.error(
+                        rk.span(),
+                        &rpath,
+                        format!("`{}.{field}` is not a reference", e.name),
+                    ))
+                }
+                None => return Err(self.cx.no_field(rk.span(), &rpath, e, field)),
+            };
+            let target_e = self.model.entities.get(target).ok_or_else(|| {
+                self.cx
+                    .error(rk.span(), &rpath, format!("unknown entity `{target}`"))
+            })?;
+            let list = self.cx.strings(rv, &rpath)?;
+            embed.push(Embedded {
+                field: field.to_owned(),
+                entity: target.clone(),
+                fields: self.cx.known_fields(target_e, &list, &rpath)?,
+            });
+        }
+        Ok(embed)
+    }
+
+    fn list(&self) -> Result<ViewKind, ModelError> {
+        let e = self.from()?;
+        let parent = self.field_of(e, "parent")?;
+        let order = self.order(e)?;
+        Ok(ViewKind::List(List {
+            from: e.name.clone(),
+            parent,
+            order,
+            fields: self.fields_of(e, "fields", true)?,
+            page_size: self.page_size()?,
+        }))
+    }
+
+    /// The `order` list: sortable fields of `e`, each ascending or, written
+    /// `-field`, descending.
+    fn order(&self, e: &Entity) -> Result<Vec<SortField>, ModelError> {
+        let ov = self.required("order")?;
+        let opath = self.key_path("order");
+        let mut order = Vec::new();
+        for (spec, span) in self.cx.strings(ov, &opath)? {
+            let (descending, field) = match spec.strip_prefix('-') {
+                Some(f) => (true, f.to_owned()),
+                None => (false, spec.clone()),
+            };
+            match e.fields.get(&field) {
+                Some(f) if sortable(&f.ty) => order.push(SortField { field, descending }),
+                Some(f) => {
+                    return Err(self.cx.error(
+                        span,
+                        &opath,
+                        format!("`{field}` is a {} and cannot be sorted by", f.ty),
+                    ))
+                }
+                None => return Err(self.cx.no_field(span, &opath, e, &field)),
+            }
+        }
+        if order.is_empty() {
+            return Err(self
+                .cx
+                .error(ov.span(), &opath, "needs at least one field".into()));
+        }
+        Ok(order)
+    }
+
+    fn aggregate(&self) -> Result<ViewKind, ModelError> {
+        let e = self.from()?;
+        let group = self.field_of(e, "group")?;
+        let mv = self.required("measures")?;
+        let mpath = self.key_path("measures");
+        let mut measures = Vec::new();
+        for (nk, nv) in self.cx.table(mv, &mpath)?.iter() {
+            measures.push(self.measure(e, nk, nv, &mpath)?);
+        }
+        if measures.is_empty() {
+            return Err(self
+                .cx
+                .error(mv.span(), &mpath, "declares no measure".into()));
+        }
+        Ok(ViewKind::Aggregate(Aggregate {
+            from: e.name.clone(),
+            group,
+            measures,
+        }))
+    }
+
+    /// One entry of `measures`: `name = "count"` or `name = "func:field"`,
+    /// where all but `count` need a numeric field.
+    fn measure(
+        &self,
+        e: &Entity,
+        nk: &Spanned<toml::de::DeString<'_>>,
+        nv: &Val<'_>,
+        mpath: &str,
+    ) -> Result<Measure, ModelError> {
+        let mname: &str = nk.get_ref();
+        let npath = format!("{mpath}.{mname}");
+        if !is_identifier(mname) || mname == "id" {
+            return Err(self.cx.error(
+                nk.span(),
+                &npath,
+                "a measure name is lower-case letters, digits and `_`, and not `id`".into(),
+            ));
+        }
+        let spec = self.cx.string(nv, &npath)?;
+        let (func, field) = match spec.split_once(':') {
+            Some((f, field)) => (f, Some(field.to_owned())),
+            None => (spec.as_str(), None),
+        };
+        let func = match func {
+            "count" => MeasureFn::Count,
+            "sum" => MeasureFn::Sum,
+            "avg" => MeasureFn::Avg,
+            "min" => MeasureFn::Min,
+            "max" => MeasureFn::Max,
+            other => {
+                return Err(self.cx.error(
+                    nv.span(),
+                    &npath,
+                    format!(
+                        "unknown function `{other}`; expected count, sum:F, avg:F, min:F or max:F"
+                    ),
+                ))
+            }
+        };
+        match &field {
+            None if func != MeasureFn::Count => {
+                return Err(self
+                    .cx
+                    .error(nv.span(), &npath, "needs a field: `sum:F`".into()))
+            }
+            Some(f) => match e.fields.get(f) {
+                Some(d)
+                    if func == MeasureFn::Count
+                        || matches!(d.ty, FieldType::Int | FieldType::Number) => {}
+                Some(d) => {
+                    return Err(self.cx.error(
+                        nv.span(),
+                        &npath,
+                        format!("`{f}` is a {}, not a number", d.ty),
+                    ))
+                }
+                None => return Err(self.cx.no_field(nv.span(), &npath, e, f)),
+            },
+            None => {}
+        }
+        Ok(Measure {
+            name: mname.to_owned(),
+            func,
+            field,
+        })
+    }
+
+    fn counter(&self) -> Result<ViewKind, ModelError> {
+        let publish_ms = match self.t.get("publish_ms") {
+            None => MIN_PUBLISH_MS,
+            Some(pv) => {
+                let path = self.key_path("publish_ms");
+                let n = self.cx.int(pv, &path)?;
+                u64::try_from(n).ok().filter(|n| *n >= MIN_PUBLISH_MS).ok_or_else(|| {
+                    self.cx.error(pv.span(), &path, format!("must be at least {MIN_PUBLISH_MS}: Workers KV takes one write per second per key"))
+                })?
+            }
+        };
+        Ok(ViewKind::Counter(Counter { publish_ms }))
+    }
+
+    fn index(&self) -> Result<ViewKind, ModelError> {
+        let e = self.from()?;
+        let eq = self.field_of(e, "eq")?;
+        let range = self.field_of(e, "range")?;
+        if let Some(f) = e.fields.get(&range).filter(|f| !sortable(&f.ty)) {
+            let span = self.t.get("range").map_or(self.at.clone(), Spanned::span);
+            return Err(self.cx.error(
+                span,
+                &self.key_path("range"),
+                format!("`{range}` is a {} and cannot be ranged over", f.ty),
+            ));
+        }
+        Ok(ViewKind::Index(Index {
+            from: e.name.clone(),
+            eq,
+            range,
+            fields: self.fields_of(e, "fields", true)?,
+            page_size: self.page_size()?,
+        }))
+    }
+
+    fn text(&self) -> Result<ViewKind, ModelError> {
+        let e = self.from()?;
+        let fields = self.fields_of(e, "fields", true)?;
+        if let Some(f) = fields
+            .iter()
+            .find(|f| e.fields.get(*f).is_some_and(|d| d.ty != FieldType::String))
+        {
+            let span = self.t.get("fields").map_or(self.at.clone(), Spanned::span);
+            return Err(self.cx.error(
+                span,
+                &self.key_path("fields"),
+                format!("`{f}` is not a string field"),
+            ));
+        }
+        if fields.is_empty() {
+            return Err(self.cx.error(
+                self.at.clone(),
+                &self.key_path("fields"),
+                "needs at least one field".into(),
+            ));
+        }
+        Ok(ViewKind::Text(Text {
+            from: e.name.clone(),
+            fields,
+            show: self.fields_of(e, "show", false)?,
+            page_size: self.page_size()?,
+        }))
+    }
+
+    fn set(&self) -> Result<ViewKind, ModelError> {
+        let e = self.from()?;
+        let owner = self.field_of(e, "owner")?;
+        let member = self.field_of(e, "member")?;
+        let symmetric = match self.t.get("symmetric") {
+            None => false,
+            Some(sv) => sv.get_ref().as_bool().ok_or_else(|| {
+                self.cx.error(
+                    sv.span(),
+                    &self.key_path("symmetric"),
+                    "must be true or false".into(),
+                )
+            })?,
+        };
+        Ok(ViewKind::Set(SetView {
+            from: e.name.clone(),
+            owner,
+            member,
+            symmetric,
+        }))
     }
 }
 
