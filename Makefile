@@ -30,6 +30,7 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --exclude prefold-edge --all-targets --locked -- -D warnings
 	cargo clippy -p prefold-edge -p prefold-core --target wasm32-unknown-unknown --locked -- -D warnings
+	cargo test -p prefold-origin --test layers --locked
 
 unit:
 	cargo test --workspace --exclude prefold-edge --exclude prefold-e2e --all-targets --locked

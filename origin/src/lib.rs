@@ -19,6 +19,7 @@
 //! | `publication`, `views` | peers on the engine, never on each other: the change index, feed and pusher to the edge; the view engine (deriver, collector, regeneration, counters, model checks) |
 //! | `http` | `app(state) -> Router`, one file per surface (objects, views, cluster calls, metrics), and the one error type mapped to problem+json |
 //! | `config`, `server` | flags split into each layer's settings; start-up and the shutdown order |
+//! | `tests` (test builds only) | the whole origin in process: the router driven with `oneshot` over an in-memory store |
 //!
 //! Only what `main` and the `prefold-token` binary need is public.
 
@@ -29,6 +30,8 @@ mod http;
 mod publication;
 mod server;
 mod storage;
+#[cfg(test)]
+mod tests;
 mod views;
 
 pub use base::Clock;

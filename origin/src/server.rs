@@ -45,6 +45,25 @@ pub struct Server {
     clock: Clock,
 }
 
+/// An origin started in this process without a listener (tests).
+#[cfg(test)]
+pub(crate) struct InProcess {
+    /// The handlers' state: `crate::http::app(state)` is the router.
+    pub(crate) state: AppState,
+    started: Started,
+    log: Tasks,
+    drain: Duration,
+}
+
+#[cfg(test)]
+impl InProcess {
+    /// Stops as [`Server::run`] does once requests are finished; returns
+    /// the writes left unstored.
+    pub(crate) async fn stop(self) -> usize {
+        drain_in_order(&self.state, self.started, self.log, self.drain).await
+    }
+}
+
 /// The groups of background workers the start-up started, stopped in the
 /// order of [`Server::run`].
 #[derive(Default)]
@@ -120,10 +139,30 @@ impl Server {
         self
     }
 
-    /// The handlers' state (for in-process tests).
+    /// Starts everything but the listener, for the in-process tests: they
+    /// drive the router with `oneshot` and stop it with
+    /// [`InProcess::stop`], in the order [`Server::run`] uses.
     #[cfg(test)]
-    pub(crate) fn state(&self) -> &AppState {
-        &self.state
+    pub(crate) async fn start_in_process(self) -> InProcess {
+        let drain = self.config.shutdown_timeout();
+        let mut log = Tasks::new("log");
+        log.spawn(self.log_writer);
+        let started = start(
+            self.state.clone(),
+            self.store,
+            self.replay,
+            self.config,
+            self.clock,
+            self.flusher,
+            CancellationToken::new(),
+        )
+        .await;
+        InProcess {
+            state: self.state,
+            started,
+            log,
+            drain,
+        }
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains in this
@@ -205,41 +244,46 @@ impl Server {
             Started::default()
         });
 
-        // 2. Let the view engine settle.
-        if let (Some(views), Some(_)) = (state.inner().views.get(), &started.views) {
-            tracing::info!("requests finished; deriving what they changed");
-            if !views.settle(drain).await {
-                tracing::warn!("view derivation did not settle before the shutdown timeout");
-            }
-        }
-        // 3. Stop the view engine and the pusher. Finished or not in time,
-        // the rest follows: a stuck view worker must not keep acknowledged
-        // writes from the store.
-        if let Some(views) = started.views {
-            views.stop(drain).await;
-        }
-        // 4. Stop the partition workers.
-        if let Some(engine) = started.engine {
-            engine.stop(drain).await;
-        }
-        // 5. Drain the flusher. Stopped before the warm load finished,
-        // nothing was accepted, and the log still holds everything it held
-        // at start.
-        let left = match started.storage {
-            Some(storage) => {
-                tracing::info!("storing pending writes");
-                storage.stop(drain).await;
-                state.inner().backlog.len()
-            }
-            None => 0,
-        };
-        // 6. Close the log.
-        log.stop(drain).await;
-        if left == 0 {
-            tracing::info!("all writes stored; bye");
-        }
-        Ok(left)
+        Ok(drain_in_order(&state, started, log, drain).await)
     }
+}
+
+/// Steps 2 to 6 of [`Server::run`]'s shutdown; returns the writes left
+/// unstored.
+async fn drain_in_order(state: &AppState, started: Started, log: Tasks, drain: Duration) -> usize {
+    // 2. Let the view engine settle.
+    if let (Some(views), Some(_)) = (state.inner().views.get(), &started.views) {
+        tracing::info!("requests finished; deriving what they changed");
+        if !views.settle(drain).await {
+            tracing::warn!("view derivation did not settle before the shutdown timeout");
+        }
+    }
+    // 3. Stop the view engine and the pusher. Finished or not in time, the
+    // rest follows: a stuck view worker must not keep acknowledged writes
+    // from the store.
+    if let Some(views) = started.views {
+        views.stop(drain).await;
+    }
+    // 4. Stop the partition workers.
+    if let Some(engine) = started.engine {
+        engine.stop(drain).await;
+    }
+    // 5. Drain the flusher. Stopped before the warm load finished, nothing
+    // was accepted, and the log still holds everything it held at start.
+    let left = match started.storage {
+        Some(storage) => {
+            tracing::info!("storing pending writes");
+            storage.stop(drain).await;
+            state.inner().backlog.len()
+        }
+        None => 0,
+    };
+    // 6. Close the log.
+    log.stop(drain).await;
+    if left == 0 {
+        tracing::info!("all writes stored; bye");
+    }
+    left
 }
 
 /// Warms the hot tier (retrying while the store is unreachable), then starts

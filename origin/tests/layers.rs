@@ -96,6 +96,11 @@ const LAYERS: &[Layer] = &[
         modules: &["server"],
         what: "start-up and shutdown",
     },
+    Layer {
+        rank: 7,
+        modules: &["tests"],
+        what: "in-process tests of the whole origin (test builds only)",
+    },
 ];
 
 /// The rank of a top-level module, if the table places it.

@@ -29,8 +29,6 @@ mod cluster;
 mod error;
 mod metrics;
 mod objects;
-#[cfg(test)]
-mod tests;
 mod views;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -257,6 +255,15 @@ fn version_headers(h: &mut HeaderMap, object: &Object) {
         prefold_core::http::VERSION_HEADER,
         HeaderValue::from(object.version),
     );
+}
+
+/// `POST /o/{key}?op=append|increment&path=/json/pointer` (a counter view
+/// takes `?op=increment` alone).
+#[derive(serde::Deserialize)]
+struct OpQuery {
+    op: Option<String>,
+    #[serde(default)]
+    path: String,
 }
 
 fn query_params<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, ApiError> {

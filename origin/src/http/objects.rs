@@ -16,14 +16,14 @@ use prefold_core::http::{
 };
 use prefold_core::model::ViewKind;
 use prefold_core::{Key, Preconditions};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::auth::{check_cluster, write_key};
 use super::body::{content_type, json_body};
 use super::cluster::failover_read;
 use super::views::{count, view_query};
-use super::{key_of, version_headers, ApiError, AppState};
+use super::{key_of, version_headers, ApiError, AppState, OpQuery};
 use crate::base::{Durability, Op};
 use crate::engine::Write;
 
@@ -201,13 +201,6 @@ pub(super) async fn delete_object(
 }
 
 /// `POST /o/{key}?op=append|increment&path=/json/pointer`.
-#[derive(Deserialize)]
-pub(super) struct OpQuery {
-    pub(super) op: Option<String>,
-    #[serde(default)]
-    pub(super) path: String,
-}
-
 pub(super) async fn post_object(
     State(state): State<AppState>,
     uri: Uri,

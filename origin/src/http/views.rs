@@ -14,8 +14,7 @@ use prefold_core::Key;
 use serde::Deserialize;
 
 use super::body::{content_type, read_limited};
-use super::objects::OpQuery;
-use super::{query_params, ApiError, AppState};
+use super::{query_params, ApiError, AppState, OpQuery};
 use crate::base::OpKind;
 use crate::views::{PageQuery, Query as ViewQuery, Views};
 

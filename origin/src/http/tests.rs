@@ -1,1 +1,0 @@
-//! Handler tests without a socket: the router over an in-memory store.
