@@ -3,7 +3,7 @@
 /// What must hold before a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
-    /// In memory (and queued for the log and the store): the seeds' design.
+    /// In memory (and queued for the log and the store): the pure design, where the store is a backup.
     Memory,
     /// In the local write-ahead log, fsynced: survives a killed process.
     Log,

@@ -83,7 +83,7 @@ impl Scrape {
 /// Declares a struct of `AtomicU64` counters and gauges, each field with its
 /// metric name and help, and a `report` that adds them all to a [`Scrape`]:
 ///
-/// ```ignore
+/// ```text
 /// counters! {
 ///     /// Counters of the flusher's work.
 ///     pub(crate) struct FlushStats {

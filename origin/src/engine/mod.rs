@@ -2,8 +2,8 @@
 //! the hot tier, warmed before it serves.
 //!
 //! Keys hash to a fixed set of partitions; each partition is one worker
-//! ([`partition`]), the only writer of its keys (the seeds' "hashing
-//! resources to queues keeps per-item serialization"). A write is a message
+//! ([`partition`]), the only writer of its keys (hashing keys to queues keeps
+//! each key's writes in order). A write is a message
 //! to that worker, which reads the current version, checks the
 //! preconditions, applies the operation ([`crate::base::ops`]), puts the new
 //! version in the backlog, the hot tier ([`hot`]) and the log, and answers.
@@ -369,7 +369,7 @@ mod tests {
     use prefold_core::envelope::object_path;
     use serde_json::json;
 
-    struct Rig {
+    struct EngineRig {
         engine: Arc<Engine>,
         hot: Arc<HotTier>,
         backlog: Arc<Backlog>,
@@ -377,7 +377,7 @@ mod tests {
         _tasks: Tasks,
     }
 
-    fn rig(directories: Vec<Directory>, max_keys: usize) -> Rig {
+    fn rig(directories: Vec<Directory>, max_keys: usize) -> EngineRig {
         let hot = Arc::new(HotTier::new(1 << 24));
         let backlog = Arc::new(Backlog::new(Limits {
             max_keys,
@@ -401,7 +401,7 @@ mod tests {
             },
             &mut tasks,
         ));
-        Rig {
+        EngineRig {
             engine,
             hot,
             backlog,

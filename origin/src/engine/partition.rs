@@ -61,7 +61,7 @@ impl Command {
 }
 
 /// A load from the store, finished (or failed).
-type Loaded = (Key, Result<Slot, Arc<StoreError>>);
+type LoadDone = (Key, Result<Slot, Arc<StoreError>>);
 
 /// One partition's worker.
 pub(super) struct Partition {
@@ -71,7 +71,7 @@ pub(super) struct Partition {
     /// Keys being loaded, with the requests parked behind each load.
     loading: HashMap<Key, Vec<Command>>,
     /// The loads themselves: owned here, so none outlives the worker.
-    loads: JoinSet<Loaded>,
+    loads: JoinSet<LoadDone>,
 }
 
 impl Worker for Partition {

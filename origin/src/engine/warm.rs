@@ -1,7 +1,7 @@
 //! Start-up: load every object this origin owns into the hot tier, then
 //! re-apply the log, before the origin reports ready.
 //!
-//! This is the seeds' deterministic cache ("warmed before serving"): once
+//! This makes the cache deterministic (warmed before serving): once
 //! ready, the origin answers every read from memory and knows every key it
 //! owns, so a missing key is a 404 without a trip to the store.
 //!
@@ -64,7 +64,7 @@ pub(crate) enum WarmSource {
 }
 
 /// One object read by the warm load: its key, and the record decoded.
-type Loaded = (Key, Result<Object, StoreError>);
+type WarmRecord = (Key, Result<Object, StoreError>);
 
 /// Loads the owned objects from `source` into `hot`, then applies `replay`.
 #[allow(clippy::too_many_arguments)]
@@ -188,7 +188,7 @@ fn from_store(
     store: Arc<dyn ObjectStore>,
     owns: Owns,
     concurrency: usize,
-) -> BoxStream<'static, Result<Vec<Loaded>, StoreError>> {
+) -> BoxStream<'static, Result<Vec<WarmRecord>, StoreError>> {
     let prefix = Path::from("o");
     store
         .list(Some(&prefix))
@@ -222,7 +222,7 @@ fn from_dir(
     root: PathBuf,
     owns: Owns,
     concurrency: usize,
-) -> BoxStream<'static, Result<Vec<Loaded>, StoreError>> {
+) -> BoxStream<'static, Result<Vec<WarmRecord>, StoreError>> {
     let top = root.join("o");
     let prefixes: Result<Vec<(String, PathBuf)>, StoreError> = match std::fs::read_dir(&top) {
         Ok(entries) => entries
@@ -254,7 +254,11 @@ fn from_dir(
 }
 
 /// Every owned object in one prefix directory (`o/{hh}`).
-fn read_prefix(hh: &str, dir: &std::path::Path, owns: &Owns) -> Result<Vec<Loaded>, StoreError> {
+fn read_prefix(
+    hh: &str,
+    dir: &std::path::Path,
+    owns: &Owns,
+) -> Result<Vec<WarmRecord>, StoreError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(StoreError::io("listing", dir))? {
         let entry = entry.map_err(StoreError::io("listing", dir))?;

@@ -49,7 +49,7 @@ impl Ownership {
     }
 
     /// Refuses a key another origin owns: answering it here would serve a
-    /// stale or empty copy, or write beside the owner (DESIGN rule 1).
+    /// stale or empty copy, or write beside the owner (every key has exactly one owner).
     pub(super) fn check(&self, key: &Key) -> Result<(), ApiError> {
         match self.other_owner(key) {
             Some(owner) => Err(ApiError::NotOwner {

@@ -89,7 +89,7 @@ impl FaultyStore {
     }
 
     /// Reads the control file and injects the fault for `op`, if any.
-    async fn inject(&self, op: Op) -> Result<()> {
+    async fn inject(&self, op: StoreOp) -> Result<()> {
         inject(&self.control, op).await
     }
 }
@@ -102,7 +102,7 @@ impl fmt::Display for FaultyStore {
 
 /// The operation classes a directive can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
+enum StoreOp {
     Put,
     Get,
     List,
@@ -111,14 +111,14 @@ enum Op {
     Other,
 }
 
-impl Op {
+impl StoreOp {
     fn name(self) -> &'static str {
         match self {
-            Op::Put => "put",
-            Op::Get => "get",
-            Op::List => "list",
-            Op::Delete => "delete",
-            Op::Other => "copy/rename",
+            StoreOp::Put => "put",
+            StoreOp::Get => "get",
+            StoreOp::List => "list",
+            StoreOp::Delete => "delete",
+            StoreOp::Other => "copy/rename",
         }
     }
 }
@@ -152,13 +152,13 @@ struct Faults {
 
 impl Faults {
     /// The fault for `op`: its own directive, else `all`, else none.
-    fn for_op(&self, op: Op) -> Option<Fault> {
+    fn for_op(&self, op: StoreOp) -> Option<Fault> {
         let own = match op {
-            Op::Put => self.put,
-            Op::Get => self.get,
-            Op::List => self.list,
-            Op::Delete => self.delete,
-            Op::Other => None,
+            StoreOp::Put => self.put,
+            StoreOp::Get => self.get,
+            StoreOp::List => self.list,
+            StoreOp::Delete => self.delete,
+            StoreOp::Other => None,
         };
         match own.or(self.all) {
             None | Some(Fault::Pass) => None,
@@ -245,7 +245,7 @@ fn load(control: &FsPath) -> Faults {
 }
 
 /// The error an `error` fault returns.
-fn fault_error(op: Op) -> Error {
+fn fault_error(op: StoreOp) -> Error {
     Error::Generic {
         store: STORE,
         source: format!("injected {} fault", op.name()).into(),
@@ -254,7 +254,7 @@ fn fault_error(op: Op) -> Error {
 
 /// Reads the control file and injects the fault for `op`: returns an error,
 /// never returns, or returns after the delay. `Ok(())` means forward.
-async fn inject(control: &FsPath, op: Op) -> Result<()> {
+async fn inject(control: &FsPath, op: StoreOp) -> Result<()> {
     let Some(fault) = load(control).for_op(op) else {
         return Ok(());
     };
@@ -278,7 +278,7 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        self.inject(Op::Put).await?;
+        self.inject(StoreOp::Put).await?;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -287,17 +287,17 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        self.inject(Op::Put).await?;
+        self.inject(StoreOp::Put).await?;
         self.inner.put_multipart_opts(location, opts).await
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.inject(Op::Get).await?;
+        self.inject(StoreOp::Get).await?;
         self.inner.get_opts(location, options).await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.inject(Op::Get).await?;
+        self.inject(StoreOp::Get).await?;
         self.inner.get_ranges(location, ranges).await
     }
 
@@ -308,10 +308,10 @@ impl ObjectStore for FaultyStore {
         let inner = Arc::clone(&self.inner);
         let control = Arc::clone(&self.control);
         stream::once(async move {
-            match inject(&control, Op::Delete).await {
+            match inject(&control, StoreOp::Delete).await {
                 Ok(()) => inner.delete_stream(locations),
                 // One error per location, as a failing backend would report.
-                Err(_) => locations.map(|_| Err(fault_error(Op::Delete))).boxed(),
+                Err(_) => locations.map(|_| Err(fault_error(StoreOp::Delete))).boxed(),
             }
         })
         .flatten()
@@ -323,7 +323,7 @@ impl ObjectStore for FaultyStore {
         let control = Arc::clone(&self.control);
         let prefix = prefix.cloned();
         stream::once(async move {
-            match inject(&control, Op::List).await {
+            match inject(&control, StoreOp::List).await {
                 Ok(()) => inner.list(prefix.as_ref()),
                 Err(e) => stream::iter([Err(e)]).boxed(),
             }
@@ -342,7 +342,7 @@ impl ObjectStore for FaultyStore {
         let prefix = prefix.cloned();
         let offset = offset.clone();
         stream::once(async move {
-            match inject(&control, Op::List).await {
+            match inject(&control, StoreOp::List).await {
                 Ok(()) => inner.list_with_offset(prefix.as_ref(), &offset),
                 Err(e) => stream::iter([Err(e)]).boxed(),
             }
@@ -352,17 +352,17 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.inject(Op::List).await?;
+        self.inject(StoreOp::List).await?;
         self.inner.list_with_delimiter(prefix).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.inject(Op::Other).await?;
+        self.inject(StoreOp::Other).await?;
         self.inner.copy_opts(from, to, options).await
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        self.inject(Op::Other).await?;
+        self.inject(StoreOp::Other).await?;
         self.inner.rename_opts(from, to, options).await
     }
 }
@@ -442,7 +442,7 @@ mod tests {
     fn parse_later_overrides_earlier() {
         let faults = parse("put=error\nput=delay:5,put=hang");
         assert_eq!(faults.put, Some(Fault::Hang));
-        assert_eq!(parse("put=error put=none").for_op(Op::Put), None);
+        assert_eq!(parse("put=error put=none").for_op(StoreOp::Put), None);
     }
 
     #[test]
@@ -478,16 +478,16 @@ mod tests {
     #[test]
     fn all_applies_where_no_specific_directive() {
         let faults = parse("all=error get=delay:10 delete=none");
-        assert_eq!(faults.for_op(Op::Put), Some(Fault::Error));
-        assert_eq!(faults.for_op(Op::List), Some(Fault::Error));
-        assert_eq!(faults.for_op(Op::Other), Some(Fault::Error));
+        assert_eq!(faults.for_op(StoreOp::Put), Some(Fault::Error));
+        assert_eq!(faults.for_op(StoreOp::List), Some(Fault::Error));
+        assert_eq!(faults.for_op(StoreOp::Other), Some(Fault::Error));
         assert_eq!(
-            faults.for_op(Op::Get),
+            faults.for_op(StoreOp::Get),
             Some(Fault::Delay(Duration::from_millis(10)))
         );
-        assert_eq!(faults.for_op(Op::Delete), None);
+        assert_eq!(faults.for_op(StoreOp::Delete), None);
         // Copy and rename are only touched by `all`.
-        assert_eq!(parse("put=error get=error").for_op(Op::Other), None);
+        assert_eq!(parse("put=error get=error").for_op(StoreOp::Other), None);
     }
 
     #[tokio::test]

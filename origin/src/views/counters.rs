@@ -1,7 +1,7 @@
 //! Counter views: high-rate counters that take increments without contention
 //! and fold them into their objects at most once per period.
 //!
-//! The seeds shard a hot counter so that increments do not serialize on one
+//! A hot counter is usually sharded so that increments do not serialize on one
 //! entity. Here an increment never touches the counter's object: it adds to
 //! an atomic in memory (a read lock and a `fetch_add`; the write lock is
 //! taken only the first time a key is seen). Once per period the [`Folder`]

@@ -139,7 +139,7 @@ impl Scalar {
 }
 
 /// A sort key: components with their direction, then the source key, which
-/// makes every entry unique (the seeds' "keep appending until unique").
+/// makes every entry unique (keep appending until the key is unique).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct SortKey {
     parts: Vec<(bool, Scalar)>,

@@ -1,4 +1,4 @@
-//! Tests of the derivation state machine: each view kind against the seeds'
+//! Tests of the derivation state machine: each view kind against the design's
 //! examples, idempotence, and a property test that any order of (lost,
 //! repeated, reordered) messages ends where a from-scratch recomputation does.
 
