@@ -26,6 +26,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How long past its drain deadline a group waits before it aborts a
+/// worker: a worker that drains until the deadline (the flusher) still gets
+/// to finish its bookkeeping and log what it left.
+const GRACE: Duration = Duration::from_millis(500);
+
 /// A background loop.
 pub(crate) trait Worker: Send + 'static {
     /// The name in logs.
@@ -117,11 +122,12 @@ impl Tasks {
             .push((name, tokio::spawn(worker.run(shutdown))));
     }
 
-    /// Fires the group's signal, gives its workers `drain` to finish, and
-    /// aborts any that take longer. Returns whether all finished in time.
+    /// Fires the group's signal, gives its workers `drain` to finish (and a
+    /// short grace), and aborts any that take longer. Returns whether all
+    /// finished in time.
     pub(crate) async fn stop(mut self, drain: Duration) -> bool {
         self.shutdown.fire(drain);
-        let deadline = self.shutdown.drain_deadline();
+        let deadline = self.shutdown.drain_deadline() + GRACE;
         let mut clean = true;
         for (name, mut handle) in std::mem::take(&mut self.running) {
             match tokio::time::timeout_at(deadline, &mut handle).await {
@@ -203,7 +209,7 @@ mod tests {
         tasks.spawn(Stubborn);
         let started = Instant::now();
         assert!(!tasks.stop(Duration::from_secs(5)).await);
-        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(started.elapsed(), Duration::from_secs(5) + GRACE);
     }
 
     #[tokio::test]

@@ -378,6 +378,10 @@ mod tests {
     }
 
     fn rig(directories: Vec<Directory>, max_keys: usize) -> EngineRig {
+        rig_with_clock(directories, max_keys, Clock::system())
+    }
+
+    fn rig_with_clock(directories: Vec<Directory>, max_keys: usize, clock: Clock) -> EngineRig {
         let hot = Arc::new(HotTier::new(1 << 24));
         let backlog = Arc::new(Backlog::new(Limits {
             max_keys,
@@ -397,7 +401,7 @@ mod tests {
                 check: None,
                 derived_flush_delay: Duration::ZERO,
                 observer: None,
-                clock: Clock::system(),
+                clock,
             },
             &mut tasks,
         ));
@@ -564,5 +568,26 @@ mod tests {
         // After eviction, a write needs the current version: loaded, then bumped.
         let w = r.engine.write(put(&key, "8")).await.unwrap();
         assert!(w.object.version > 7 && !w.created);
+    }
+
+    #[tokio::test]
+    async fn versions_come_from_the_clock_and_still_increase_when_it_stands_still() {
+        let clock = Clock::manual(1_000_000);
+        let r = rig_with_clock(vec![Directory::default()], 100, clock.clone());
+        let k = Key::parse("v/1").unwrap();
+        let version = |a: Applied| a.object.version;
+        assert_eq!(
+            version(r.engine.write(put(&k, "1")).await.unwrap()),
+            1_000_000
+        );
+        assert_eq!(
+            version(r.engine.write(put(&k, "2")).await.unwrap()),
+            1_000_001
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            version(r.engine.write(put(&k, "3")).await.unwrap()),
+            2_000_000
+        );
     }
 }
