@@ -96,6 +96,15 @@ impl Shutdown {
     }
 }
 
+/// Sleeps until `at`, or forever when there is nothing to wake for (a
+/// branch of a `select!` that races other wake-ups).
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A group of workers that stop together.
 #[derive(Debug)]
 pub(crate) struct Tasks {

@@ -16,7 +16,7 @@ pub(crate) mod object;
 pub(crate) mod ops;
 pub(crate) mod secret;
 
-pub(crate) use background::{Shutdown, Tasks, Worker};
+pub(crate) use background::{sleep_until_opt, Shutdown, Tasks, Worker};
 pub(crate) use backoff::Backoff;
 pub use clock::Clock;
 pub use durability::Durability;

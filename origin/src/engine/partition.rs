@@ -23,7 +23,7 @@ use super::{
 use crate::base::ops::{OpError, Outcome};
 use crate::base::{Durability, Object, Shutdown, Slot, Worker};
 use crate::storage::read::read_object;
-use crate::storage::{StoreError, Wal};
+use crate::storage::{within, StoreError, Wal};
 
 /// A message to a partition worker.
 pub(super) enum Command {
@@ -175,12 +175,11 @@ impl Partition {
             let timeout = context.settings.load_timeout;
             // A panic in the load is caught, so that the requests parked
             // behind it are still answered.
-            let load = tokio::time::timeout(timeout, load(&context, &key));
-            let result = match AssertUnwindSafe(load).catch_unwind().await {
-                Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err(StoreError::Timeout(timeout)),
-                Err(_) => Err(StoreError::LoadPanicked),
-            };
+            let load = within(timeout, load(&context, &key));
+            let result = AssertUnwindSafe(load)
+                .catch_unwind()
+                .await
+                .unwrap_or(Err(StoreError::LoadPanicked));
             (key, result.map_err(Arc::new))
         });
     }

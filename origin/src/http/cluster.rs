@@ -19,7 +19,7 @@ use super::{query_params, version_headers, ApiError, AppState};
 use crate::engine::EngineError;
 use crate::publication::add_to_batch;
 use crate::storage::read::read_object;
-use crate::storage::StoreError;
+use crate::storage::within;
 
 /// Which keys this origin owns: with an origin list and a name, the keys
 /// the list gives this name; without one, every key.
@@ -120,11 +120,9 @@ pub(super) async fn failover_read(
     key: &Key,
     head: bool,
 ) -> Result<Response, ApiError> {
-    let waited = state.0.settings.store_timeout;
     let fetch = read_object(state.0.store.as_ref(), key);
-    let slot = tokio::time::timeout(waited, fetch)
+    let slot = within(state.0.settings.store_timeout, fetch)
         .await
-        .map_err(|_| EngineError::from(StoreError::Timeout(waited)))?
         .map_err(EngineError::from)?;
     let object = slot.filter(|o| !o.tombstone).ok_or(ApiError::NotFound)?;
     let body = if head {

@@ -91,6 +91,16 @@ impl ChangeIndex {
         self.lock().pending.len()
     }
 
+    /// Publication's numbers, for `/metrics`.
+    pub(crate) fn report(&self, s: &mut Scrape) {
+        self.stats.report(s);
+        s.gauge(
+            "publish_pending",
+            "Changed keys waiting to be pushed",
+            self.pending() as u64,
+        );
+    }
+
     /// Keys whose latest version is in `(after, horizon]`, oldest first:
     /// `limit` of them, or a few more so that a page never ends between two
     /// keys of one version (the cursor is a version, so the next page starts
@@ -141,18 +151,6 @@ fn max_key() -> Key {
 impl Observer for ChangeIndex {
     fn applied(&self, key: &Key, previous: Option<u64>, version: u64) {
         self.record(key, previous, version);
-    }
-}
-
-impl ChangeIndex {
-    /// Publication's numbers, for `/metrics`.
-    pub(crate) fn report(&self, s: &mut Scrape) {
-        self.stats.report(s);
-        s.gauge(
-            "publish_pending",
-            "Changed keys waiting to be pushed",
-            self.pending() as u64,
-        );
     }
 }
 

@@ -16,7 +16,7 @@ use prefold_core::Key;
 use thiserror::Error;
 
 use super::{add_to_batch, ChangeIndex};
-use crate::base::{Backoff, Clock, Secret, Shutdown, Worker};
+use crate::base::{sleep_until_opt, Backoff, Clock, Secret, Shutdown, Worker};
 use crate::engine::Engine;
 use crate::storage::faults;
 
@@ -110,7 +110,7 @@ impl Worker for Pusher {
                 .or(async {
                     tokio::select! {
                         () = wake => {}
-                        () = sleep_until_opt(next_due) => {}
+                        () = sleep_until_opt(next_due.map(Into::into)) => {}
                     }
                 })
                 .await;
@@ -258,13 +258,6 @@ impl Pusher {
             return Err(PushError::Status(status));
         }
         Ok(resp.json::<PushReply>().await?)
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 

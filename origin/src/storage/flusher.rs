@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use super::backlog::Backlog;
 use super::read::read_record;
 use super::wal::Wal;
-use super::StoreError;
+use super::{within, StoreError};
 use crate::base::metrics::counters;
 use crate::base::{Backoff, Object, Shutdown, Worker};
 
@@ -349,9 +349,7 @@ impl Flusher {
         path: &Path,
     ) -> Result<Option<(u64, UpdateVersion)>, StoreError> {
         let timeout = self.settings.put_timeout;
-        let record = tokio::time::timeout(timeout, read_record(self.store.as_ref(), path))
-            .await
-            .map_err(|_| StoreError::Timeout(timeout))??;
+        let record = within(timeout, read_record(self.store.as_ref(), path)).await?;
         let Some(record) = record else {
             return Ok(None);
         };

@@ -19,6 +19,7 @@ pub(crate) mod open;
 pub(crate) mod read;
 pub(crate) mod wal;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -73,6 +74,18 @@ pub enum StoreError {
     /// panicked or was cancelled).
     #[error("reading the store's files: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs a store operation, failing it with [`StoreError::Timeout`] once
+/// `limit` has passed: no store request may hold a load, a flush or a
+/// failover read forever.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    op: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, op)
+        .await
+        .map_err(|_| StoreError::Timeout(limit))?
 }
 
 impl StoreError {

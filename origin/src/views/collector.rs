@@ -6,6 +6,7 @@
 //! engine, and so that no wait is left behind detached: at shutdown it
 //! stops with the view engine's other workers.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 
 use super::{send_counted, Msg, ViewStats};
-use crate::base::{Shutdown, Worker};
+use crate::base::{sleep_until_opt, Shutdown, Worker};
 use crate::engine::{derived_write, DerivedOutcome, DerivedReplies, Engine, EngineError};
 
 /// Evicted targets written at once.
@@ -79,9 +80,9 @@ impl Worker for Collector {
         // Failed targets waiting for their retry, with when it is due. Each
         // batch of them still counts as pending work, so `settle` does not
         // report stale views as done.
-        let mut retries: Vec<(tokio::time::Instant, Vec<Key>)> = Vec::new();
+        let mut retries: VecDeque<(tokio::time::Instant, Vec<Key>)> = VecDeque::new();
         loop {
-            let next_retry = retries.first().map(|(t, _)| *t);
+            let next_retry = retries.front().map(|(t, _)| *t);
             let woke = shutdown
                 .or(async {
                     tokio::select! {
@@ -99,11 +100,13 @@ impl Worker for Collector {
                     if failed.is_empty() {
                         self.stats.pending.fetch_sub(1, Ordering::Relaxed);
                     } else {
-                        retries.push((tokio::time::Instant::now() + RETRY_PAUSE, failed));
+                        retries.push_back((tokio::time::Instant::now() + RETRY_PAUSE, failed));
                     }
                 }
                 Some(None) => {
-                    let (_, keys) = retries.remove(0);
+                    let Some((_, keys)) = retries.pop_front() else {
+                        continue;
+                    };
                     for k in keys {
                         send_counted(&self.deriver, &self.stats, Msg::Render(k));
                     }
@@ -111,13 +114,6 @@ impl Worker for Collector {
                 }
             }
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
