@@ -59,7 +59,7 @@ deploy-check: edge
 	scripts/deploy-check.sh
 
 e2e: edge
-	cargo build -p prefold-origin --locked
+	cargo build -p prefold-origin -p prefold-bench --bin prefold-origin --bin prefold-gen --locked
 	PREFOLD_EDGE_PREBUILT=1 cargo test -p prefold-e2e --locked
 
 ## make bench: every benchmark, quick (about 14 minutes); make bench-full: the

@@ -806,13 +806,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// after that many seconds, up to `MAX_RETRIES` times per object. With
 /// `progress`, a progress bar is drawn on stderr.
 pub async fn load(
-    base: &str,
+    to: &Destination,
     token: Option<&str>,
     waves: Vec<Wave>,
     concurrency: usize,
     progress: bool,
 ) -> anyhow::Result<LoadStats> {
-    let base = base.trim_end_matches('/');
     let concurrency = concurrency.max(1);
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
@@ -850,7 +849,7 @@ pub async fn load(
     for wave in waves {
         bar.set_message(wave.label().to_owned());
         let written = stream::iter(wave)
-            .map(|(key, value)| put(&client, base, key, value))
+            .map(|(key, value)| put(&client, to.base(&key), key, value))
             .buffer_unordered(concurrency)
             .try_fold((0u64, 0u64), |(objects, retries), object_retries| {
                 bar.inc(1);
@@ -871,6 +870,30 @@ pub async fn load(
     stats.elapsed = start.elapsed();
     bar.finish_and_clear();
     Ok(stats)
+}
+
+/// Where [`load`] writes.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// Every object to one origin (or edge) at this base URL.
+    Origin(String),
+    /// Each object to its owner in this origin list, as the edge routes
+    /// (for loading a cluster without an edge in front).
+    Cluster(prefold_core::OriginList),
+}
+
+impl Destination {
+    /// The base URL a key is written to.
+    fn base(&self, key: &str) -> &str {
+        match self {
+            Destination::Origin(base) => base.trim_end_matches('/'),
+            Destination::Cluster(list) => match prefold_core::Key::parse(key) {
+                Ok(k) => &list.owner(&k).url,
+                // The origin refuses it with a precise answer.
+                Err(_) => &list.origins()[0].url,
+            },
+        }
+    }
 }
 
 /// One `PUT`; returns how many times it was retried.
@@ -1366,7 +1389,15 @@ mod tests {
     async fn load_writes_wave_after_wave_and_retries_503() {
         let (base, log) = fake_origin(&["user/u1", "comment/e1/u1.1", "order/o2"], "").await;
         let scale = Scale::new(1);
-        let stats = load(&base, None, demo(&scale, 1), 16, false).await.unwrap();
+        let stats = load(
+            &Destination::Origin(base.clone()),
+            None,
+            demo(&scale, 1),
+            16,
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(stats.objects, scale.counts().total() as u64);
         assert_eq!(stats.waves, 3);
         let log = log.lock().unwrap().clone();
@@ -1394,18 +1425,30 @@ mod tests {
     #[tokio::test]
     async fn load_fails_with_key_status_and_body() {
         let (base, log) = fake_origin(&[], "order/o3").await;
-        let err = load(&base, None, one_product_orders(10), 4, false)
-            .await
-            .unwrap_err();
+        let err = load(
+            &Destination::Origin(base.clone()),
+            None,
+            one_product_orders(10),
+            4,
+            false,
+        )
+        .await
+        .unwrap_err();
         let message = format!("{err:#}");
         assert!(message.contains("/o/order/o3"), "{message}");
         assert!(message.contains("422"), "{message}");
         assert!(message.contains("dangling ref"), "{message}");
         assert!(log.lock().unwrap().len() < 16);
         // Nothing listening: the error names the URL.
-        let err = load("http://127.0.0.1:9", None, one_product_orders(1), 1, false)
-            .await
-            .unwrap_err();
+        let err = load(
+            &Destination::Origin("http://127.0.0.1:9".into()),
+            None,
+            one_product_orders(1),
+            1,
+            false,
+        )
+        .await
+        .unwrap_err();
         assert!(format!("{err:#}").contains("product/p0"), "{err:#}");
     }
 

@@ -289,9 +289,15 @@ async fn start_origin(dir: &Path, extra: &[&str]) -> Result<(OriginProc, Http)> 
 async fn load(origin: &OriginProc, http: &Http, waves: Vec<gen::Wave>) -> Result<LoadRow> {
     let objects = waves.iter().map(ExactSizeIterator::len).sum::<usize>() as u64;
     let t = Instant::now();
-    let stats = gen::load(&http.base, None, waves, CONCURRENCY, false)
-        .await
-        .with_context(|| origin.log_tail())?;
+    let stats = gen::load(
+        &gen::Destination::Origin(http.base.clone()),
+        None,
+        waves,
+        CONCURRENCY,
+        false,
+    )
+    .await
+    .with_context(|| origin.log_tail())?;
     let load_ms = t.elapsed().as_millis() as u64;
     http.settled(Duration::from_millis(20), Duration::from_secs(600))
         .await

@@ -19,6 +19,7 @@ use prefold_core::config::{DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_CEILING, VAR_M
 use prefold_core::OriginList;
 
 use crate::base::{Clock, Durability, Secret};
+use crate::cluster::{Cluster, Membership, Peers};
 use crate::engine::EngineSettings;
 use crate::http::{HttpSettings, Ownership};
 use crate::publication::PushSettings;
@@ -269,6 +270,15 @@ impl Config {
             derived_flush_delay: Duration::from_millis(self.view_flush_delay_ms),
             observer: None,
             clock: clock.clone(),
+        }
+    }
+
+    /// The cluster as this origin sees it: who owns what, and how to call
+    /// the others.
+    pub(crate) fn cluster(&self, clock: &Clock) -> Cluster {
+        Cluster {
+            membership: Membership::new(self.origins.clone(), self.name.clone()),
+            peers: Peers::new(self.cluster_secret.clone(), clock.clone()),
         }
     }
 

@@ -24,6 +24,7 @@
 //! Only what `main` and the `prefold-token` binary need is public.
 
 mod base;
+mod cluster;
 mod config;
 mod engine;
 mod http;

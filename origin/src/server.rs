@@ -131,7 +131,10 @@ impl Server {
             .state
             .inner()
             .views
-            .set(Views::new(Arc::new(model)))
+            .set(Views::new(
+                Arc::new(model),
+                Arc::new(self.config.cluster(&self.clock)),
+            ))
             .is_err()
         {
             tracing::error!("a model was set twice");

@@ -73,8 +73,8 @@ const LAYERS: &[Layer] = &[
     },
     Layer {
         rank: 2,
-        modules: &["engine"],
-        what: "partition workers, hot tier, warm load",
+        modules: &["engine", "cluster"],
+        what: "peers: partition workers, hot tier, warm load; membership, calls and links between origins",
     },
     Layer {
         rank: 3,

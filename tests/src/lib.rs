@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -260,7 +262,11 @@ impl OriginProc {
         env: &[(String, String)],
     ) -> Result<OriginProc> {
         std::fs::create_dir_all(data)?;
-        let log = data.join(format!("origin-{}.log", std::process::id()));
+        // Origins of one cluster share a data directory (the store), so each
+        // gets a log file of its own.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = data.join(format!("origin-{}-{n}.log", std::process::id()));
         let stderr = std::fs::File::create(&log)?;
         let mut cmd = Command::new(origin_bin());
         // `--listen` in `extra` (an origin list needs its ports up front)
@@ -311,6 +317,11 @@ impl OriginProc {
 
     /// Kills the process with SIGKILL (no drain, no flush) and waits for it.
     pub async fn kill9(mut self) -> Result<()> {
+        self.kill().await
+    }
+
+    /// [`OriginProc::kill9`] in place (a cluster restarts it later).
+    pub async fn kill(&mut self) -> Result<()> {
         let mut child = self.child.take().context("already stopped")?;
         killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
         tokio::task::spawn_blocking(move || child.wait()).await??;

@@ -11,14 +11,19 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::Parser;
-use prefold_bench::gen::{demo, load, Scale};
+use prefold_bench::gen::{demo, load, Destination, Scale};
+use prefold_core::OriginList;
 
 #[derive(Parser)]
 #[command(about = "Generates the demo data set and PUTs it to an origin")]
 struct Args {
-    /// The origin's base URL.
+    /// The origin's (or the edge's) base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     origin: String,
+    /// Instead of `--origin`: write each object to its owner in this origin
+    /// list (`name=url,...`, as the origins and the edge have it).
+    #[arg(long, conflicts_with = "origin")]
+    origins: Option<String>,
     /// Size: 1 is a few hundred objects, 10000 a few million.
     #[arg(long, default_value_t = 1)]
     scale: usize,
@@ -52,8 +57,15 @@ async fn main() -> anyhow::Result<()> {
     let waves = demo(&scale, args.seed);
     // A progress bar only for a person watching; logs get the summary line.
     let progress = std::io::stderr().is_terminal();
+    let to = match &args.origins {
+        Some(list) => Destination::Cluster(
+            OriginList::parse(list).map_err(|e| anyhow::anyhow!("--origins: {e}"))?,
+        ),
+        None => Destination::Origin(args.origin.clone()),
+    };
+    let target = args.origins.as_deref().unwrap_or(&args.origin).to_owned();
     let stats = load(
-        &args.origin,
+        &to,
         args.token.as_deref(),
         waves,
         args.concurrency,
@@ -63,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
     .with_context(|| {
         format!(
             "loading the demo data (scale {}, seed {}) into {}",
-            args.scale, args.seed, args.origin
+            args.scale, args.seed, target
         )
     })?;
     println!(
@@ -72,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         stats.elapsed.as_secs_f64(),
         stats.per_sec(),
         stats.retries,
-        args.origin
+        target
     );
     Ok(())
 }

@@ -13,6 +13,7 @@ use prefold_core::http::{PreconditionError, OWNER_HEADER, PROBLEM_CONTENT_TYPE, 
 use prefold_core::{EnvelopeError, KeyError, Problem, ProblemKind, Violation};
 use thiserror::Error;
 
+use crate::cluster::PeerError;
 use crate::engine::EngineError;
 use crate::storage::StoreError;
 use crate::views::{QueryError, Refusal};
@@ -93,6 +94,9 @@ pub(crate) enum ApiError {
     /// A view query that cannot be answered.
     #[error(transparent)]
     Query(#[from] QueryError),
+    /// Another origin this request needs could not be reached.
+    #[error(transparent)]
+    PeerUnavailable(#[from] PeerError),
     /// An object could not be encoded (a bug).
     #[error("encoding: {0}")]
     Encode(#[from] EnvelopeError),
@@ -105,6 +109,7 @@ impl From<Refusal> for ApiError {
             Refusal::Malformed(d) => ApiError::MalformedJson(d),
             Refusal::Violation(v) => ApiError::Violation(v),
             Refusal::Engine(e) => ApiError::Engine(e),
+            Refusal::Unreachable(e) => ApiError::PeerUnavailable(e),
         }
     }
 }
@@ -163,6 +168,13 @@ impl IntoResponse for ApiError {
                 Some(format!("allowed: {allow}")),
             ),
             ApiError::NotReady => (ProblemKind::NotReady, None),
+            ApiError::PeerUnavailable(e) => {
+                tracing::warn!(error = %e, "another origin could not be reached");
+                (
+                    ProblemKind::OriginUnavailable,
+                    Some("an origin this request needs could not be reached; retry".into()),
+                )
+            }
             ApiError::Violation(v) => (ProblemKind::ModelViolation, Some(v.to_string())),
             ApiError::Engine(EngineError::Invalid(d)) => {
                 (ProblemKind::ModelViolation, Some(d.clone()))
@@ -196,6 +208,7 @@ impl IntoResponse for ApiError {
                 h.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             ApiError::NotReady
+            | ApiError::PeerUnavailable(_)
             | ApiError::Engine(EngineError::Overloaded | EngineError::Store(_)) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

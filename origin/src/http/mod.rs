@@ -29,6 +29,7 @@ mod cluster;
 mod error;
 mod metrics;
 mod objects;
+mod peers;
 mod views;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,7 +39,7 @@ use std::time::Duration;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::Response;
-use axum::routing::{get, MethodRouter};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use object_store::ObjectStore;
 use prefold_core::publish::CHANGES_PATH;
@@ -207,6 +208,14 @@ pub(crate) fn app(state: AppState) -> Router {
             CHANGES_PATH,
             get(cluster::change_feed).fallback(method_not_allowed_get),
         )
+        .route(
+            "/_prefold/derive",
+            post(peers::derive_batch).fallback(method_not_allowed_post),
+        )
+        .route(
+            crate::cluster::EXISTS_PATH,
+            post(peers::exists).fallback(method_not_allowed_post),
+        )
         .fallback(|| async { ApiError::NoRoute })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -224,6 +233,10 @@ async fn method_not_allowed() -> ApiError {
 
 async fn method_not_allowed_get() -> ApiError {
     ApiError::MethodNotAllowed("GET, HEAD")
+}
+
+async fn method_not_allowed_post() -> ApiError {
+    ApiError::MethodNotAllowed("POST")
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {

@@ -4,6 +4,7 @@
 //! an entity is checked again inside its partition worker, where the result
 //! of a merge patch or an increment is first known.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prefold_core::model::ViewKind;
@@ -13,6 +14,7 @@ use thiserror::Error;
 
 use super::Views;
 use crate::base::Op;
+use crate::cluster::PeerError;
 use crate::engine::{Check, Engine, EngineError};
 
 /// Why the model refuses a write.
@@ -36,6 +38,9 @@ pub(crate) enum Refusal {
     /// Looking a reference up failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The owner of a referenced key could not be asked.
+    #[error(transparent)]
+    Unreachable(#[from] PeerError),
 }
 
 impl Views {
@@ -50,8 +55,11 @@ impl Views {
     /// Checks a write against the model before the engine sees it.
     /// References must exist when written (`ref:`; `weakref:` may dangle);
     /// they are checked here, before the write, because another partition
-    /// holds the referenced entity, so a delete racing this write can still
-    /// leave a dangling reference, which views render as null.
+    /// (or origin) holds the referenced entity, so a delete racing this
+    /// write can still leave a dangling reference, which views render as
+    /// null. A reference another origin owns is asked of that origin, one
+    /// call per origin for all the write's references there; when it
+    /// cannot be reached the write is refused as unavailable (503, retry).
     pub(crate) async fn admit(&self, engine: &Engine, key: &Key, op: &Op) -> Result<(), Refusal> {
         let model = &self.model;
         if let Some(view) = model.view(key.kind()) {
@@ -78,14 +86,33 @@ impl Views {
             Op::Patch(patch) => patch.clone(),
             _ => return Ok(()),
         };
+        let dangling = |field: String, target: &Key| -> Refusal {
+            Violation::Dangling {
+                entity: entity.name.clone(),
+                field,
+                target: target.to_string(),
+            }
+            .into()
+        };
+        let membership = &self.cluster.membership;
+        let mut remote: BTreeMap<&str, Vec<(String, Key)>> = BTreeMap::new();
         for (field, target) in model.references(entity, &doc) {
-            if engine.read(&target).await?.is_none() {
-                return Err(Violation::Dangling {
-                    entity: entity.name.clone(),
-                    field,
-                    target: target.to_string(),
+            match membership.other_owner(&target) {
+                Some(owner) => remote.entry(&owner.name).or_default().push((field, target)),
+                None if engine.read(&target).await?.is_none() => {
+                    return Err(dangling(field, &target))
                 }
-                .into());
+                None => {}
+            }
+        }
+        for (owner, refs) in remote {
+            let Some(origin) = membership.origin(owner) else {
+                continue;
+            };
+            let keys: Vec<Key> = refs.iter().map(|(_, k)| k.clone()).collect();
+            let exists = self.cluster.exists(origin, &keys).await?;
+            if let Some(((field, target), _)) = refs.into_iter().zip(exists).find(|(_, e)| !e) {
+                return Err(dangling(field, &target));
             }
         }
         Ok(())

@@ -33,6 +33,8 @@ pub(super) struct Stale {
     pub(super) at: Instant,
     /// Whether a change (not only the sweep) caused it.
     pub(super) changed: bool,
+    /// Whether a message from another origin caused it.
+    pub(super) remote: bool,
 }
 
 /// One batch's materialization, for the collector to wait for.
@@ -46,6 +48,7 @@ pub(super) struct Collector {
     engine: Arc<Engine>,
     stats: Arc<ViewStats>,
     lag: Histogram,
+    remote_lag: Histogram,
     /// Back to the deriver, for retries.
     deriver: mpsc::UnboundedSender<Msg>,
     jobs: mpsc::UnboundedReceiver<Job>,
@@ -57,6 +60,7 @@ impl Collector {
         engine: Arc<Engine>,
         stats: Arc<ViewStats>,
         lag: Histogram,
+        remote_lag: Histogram,
         deriver: mpsc::UnboundedSender<Msg>,
     ) -> (Collector, mpsc::UnboundedSender<Job>) {
         let (tx, jobs) = mpsc::unbounded_channel();
@@ -64,6 +68,7 @@ impl Collector {
             engine,
             stats,
             lag,
+            remote_lag,
             deriver,
             jobs,
         };
@@ -153,7 +158,11 @@ impl Collector {
                 Ok(true) => {
                     self.stats.materialized.fetch_add(1, Ordering::Relaxed);
                     if d.changed {
-                        self.lag.observe(now.duration_since(d.at).as_secs_f64());
+                        let lag = now.duration_since(d.at).as_secs_f64();
+                        self.lag.observe(lag);
+                        if d.remote {
+                            self.remote_lag.observe(lag);
+                        }
                     } else {
                         self.stats.divergences.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(%key, "regeneration repaired a view object");

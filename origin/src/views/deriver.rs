@@ -1,18 +1,19 @@
-//! The deriver: the worker that owns every view's state, takes change and
-//! derivation messages in batches, and materializes the targets they
-//! changed.
+//! The deriver: the worker that owns this origin's view state, takes
+//! change and derivation messages in batches, sends what they cause through
+//! the courier, and materializes the targets they changed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use foldhash::{HashMap, HashMapExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use prefold_core::{Key, Model};
 use tokio::sync::{mpsc, oneshot};
 
 use super::collector::{Job, Stale};
-use super::state::{Derivation, Source, ViewState};
+use super::node::{refresh, Node, Out};
+use super::state::Source;
 use super::{Courier, Msg, Query, ViewStats};
 use crate::base::{Shutdown, Worker};
 use crate::engine::Engine;
@@ -20,33 +21,40 @@ use crate::engine::Engine;
 /// Messages taken per batch.
 const BATCH: usize = 4096;
 
-/// The worker that owns every view's state.
+/// The worker that owns this origin's view state.
 pub(super) struct Deriver {
-    state: ViewState,
+    node: Node,
     engine: Arc<Engine>,
-    courier: Box<dyn Courier>,
+    courier: Arc<dyn Courier>,
     stats: Arc<ViewStats>,
     rx: mpsc::UnboundedReceiver<Msg>,
     /// Where materializations go to be waited for.
     jobs: mpsc::UnboundedSender<Job>,
+    /// Origins whose answer to this origin's resync has not arrived:
+    /// until it has, a stored view without state here may still be
+    /// waiting for its members, so orphans are not deleted.
+    awaiting: HashSet<String>,
+    orphans: Vec<Key>,
 }
 
 impl Deriver {
     pub(super) fn new(
         model: Arc<Model>,
         engine: Arc<Engine>,
-        courier: Box<dyn Courier>,
+        courier: Arc<dyn Courier>,
         stats: Arc<ViewStats>,
         rx: mpsc::UnboundedReceiver<Msg>,
         jobs: mpsc::UnboundedSender<Job>,
     ) -> Deriver {
         Deriver {
-            state: ViewState::new(model),
+            node: Node::new(model),
+            awaiting: courier.peers().into_iter().collect(),
             engine,
             courier,
             stats,
             rx,
             jobs,
+            orphans: Vec::new(),
         }
     }
 }
@@ -106,6 +114,23 @@ impl Deriver {
         }
     }
 
+    /// The source's current state, read once per batch (and again if a
+    /// message needs a newer version than the one read).
+    async fn current(&self, cache: &mut HashMap<Key, Source>, key: &Key, at_least: u64) -> Source {
+        if let Some(s) = cache.get(key).filter(|s| s.version >= at_least) {
+            return s.clone();
+        }
+        let s = self.fetch(key).await;
+        cache.insert(key.clone(), s.clone());
+        s
+    }
+
+    fn send_all(&self, outs: impl IntoIterator<Item = Out>, at: Instant) {
+        for out in outs {
+            self.courier.deliver(out, at);
+        }
+    }
+
     async fn process(&mut self, batch: Vec<Msg>) -> Vec<oneshot::Sender<()>> {
         let mut cache: HashMap<Key, Source> = HashMap::new();
         let mut stale: HashMap<Key, Stale> = HashMap::new();
@@ -117,90 +142,83 @@ impl Deriver {
                     version,
                     at,
                     force,
+                    only,
                 } => {
                     self.stats.changes.fetch_add(1, Ordering::Relaxed);
-                    if cache.get(&source).is_none_or(|s| s.version < version) {
-                        let s = self.fetch(&source).await;
-                        cache.insert(source.clone(), s);
-                    }
-                    let doc = cache.get(&source).and_then(|s| s.doc.clone());
-                    for target in self.state.targets_of(&source, doc.as_deref()) {
-                        self.courier.deliver(
-                            Derivation {
-                                target,
-                                source: source.clone(),
-                                version,
-                                force,
-                            },
-                            at,
-                        );
-                    }
-                }
-                Msg::Derive(d, at) => {
-                    self.stats.derivations.fetch_add(1, Ordering::Relaxed);
-                    let effect = loop {
-                        // The changed source must be read at (at least) the
-                        // version that sent the message.
-                        let lookup = |k: &Key| {
-                            cache
-                                .get(k)
-                                .filter(|s| *k != d.source || s.version >= d.version)
-                                .cloned()
-                        };
-                        match self.state.derive(&d, &lookup) {
-                            Ok(effect) => break effect,
-                            Err(missing) => {
-                                for k in missing {
-                                    let s = self.fetch(&k).await;
-                                    // A source that never reaches the version
-                                    // (not possible with one writer) must not
-                                    // loop forever: accept what is there.
-                                    let s = if k == d.source && s.version < d.version {
-                                        Source {
-                                            version: d.version,
-                                            ..s
-                                        }
-                                    } else {
-                                        s
-                                    };
-                                    cache.insert(k, s);
-                                }
-                            }
-                        }
+                    let now = self.current(&mut cache, &source, version).await;
+                    let courier = self.courier.clone();
+                    let to_only = |t: &Key| courier.owner(t) == only.as_deref();
+                    let filter: Option<&dyn Fn(&Key) -> bool> = match &only {
+                        Some(_) => Some(&to_only),
+                        None => None,
                     };
-                    if effect.skipped {
-                        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    let ds = self.node.changed(&source, &now, force, filter);
+                    self.send_all(ds.into_iter().map(Out::Derive), at);
+                }
+                Msg::Out(out, at, remote) => {
+                    if remote && self.courier.owner(out.address()).is_some() {
+                        // Sent here under another layout: on to the owner.
+                        self.courier.deliver(out, at);
+                        continue;
                     }
-                    if effect.changed || d.force {
-                        let e = stale
-                            .entry(d.target.clone())
-                            .or_insert(Stale { at, changed: false });
-                        e.at = e.at.min(at);
-                        e.changed |= effect.changed && !d.force;
-                    }
+                    self.handle(out, at, remote, &mut cache, &mut stale).await;
                 }
                 Msg::Orphan(key) => {
-                    if !self.state.has_target(&key) {
+                    if !self.awaiting.is_empty() {
+                        self.orphans.push(key);
+                    } else if !self.node.state.has_target(&key) {
                         stale.entry(key).or_insert(Stale {
                             at: Instant::now(),
                             changed: false,
+                            remote: false,
                         });
                     }
+                }
+                Msg::Verify(key) => {
+                    let courier = self.courier.clone();
+                    let outs = self
+                        .node
+                        .verify(&key, &|s: &Key| courier.owner(s).is_some());
+                    self.send_all(outs, Instant::now());
                 }
                 Msg::Render(key) => {
                     stale.entry(key).or_insert(Stale {
                         at: Instant::now(),
                         changed: true,
+                        remote: false,
                     });
                 }
+                Msg::Resubscribe(origin) => {
+                    let courier = self.courier.clone();
+                    let outs = self
+                        .node
+                        .resubscribe(&|e: &Key| courier.owner(e) == Some(origin.as_str()));
+                    self.send_all(outs, Instant::now());
+                    // Last on the ordered link, after everything the resync sent.
+                    self.courier.resync_done(&origin);
+                }
+                Msg::Resynced(origin) => {
+                    self.awaiting.remove(&origin);
+                    if self.awaiting.is_empty() {
+                        for key in std::mem::take(&mut self.orphans) {
+                            if !self.node.state.has_target(&key) {
+                                stale.entry(key).or_insert(Stale {
+                                    at: Instant::now(),
+                                    changed: false,
+                                    remote: false,
+                                });
+                            }
+                        }
+                    }
+                }
                 Msg::Query(q, reply) => {
+                    let state = &self.node.state;
                     let answer = match &q {
-                        Query::Page(t, pq) => self.state.page(t, pq),
-                        Query::Member(t, id) => self
-                            .state
+                        Query::Page(t, pq) => state.page(t, pq),
+                        Query::Member(t, id) => state
                             .is_member(t, id)
                             .map(|m| serde_json::json!({"id": id, "member": m})),
-                        Query::Search { view, q, limit } => self.state.search(view, q, *limit),
+                        Query::Search { view, q, limit } => state.search(view, q, *limit),
                     };
                     let _ = reply.send(answer);
                 }
@@ -209,9 +227,51 @@ impl Deriver {
         }
         self.stats
             .targets
-            .store(self.state.target_count() as u64, Ordering::Relaxed);
+            .store(self.node.state.target_count() as u64, Ordering::Relaxed);
         self.materialize(stale).await;
         barriers
+    }
+
+    /// Handles a message addressed to a key this origin owns.
+    async fn handle(
+        &mut self,
+        out: Out,
+        at: Instant,
+        remote: bool,
+        cache: &mut HashMap<Key, Source>,
+        stale: &mut HashMap<Key, Stale>,
+    ) {
+        match out {
+            Out::Derive(d) => {
+                self.stats.derivations.fetch_add(1, Ordering::Relaxed);
+                let (effect, outs) = self.node.derive(&d);
+                self.send_all(outs, at);
+                if effect.skipped {
+                    self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                if effect.changed || d.repair {
+                    let e = stale.entry(d.target.clone()).or_insert(Stale {
+                        at,
+                        changed: false,
+                        remote,
+                    });
+                    e.at = e.at.min(at);
+                    e.changed |= effect.changed && !d.repair;
+                    e.remote |= remote;
+                }
+            }
+            Out::Subscribe(s) => {
+                let now = self.current(cache, &s.entity, 0).await;
+                if let Some(d) = self.node.subscribe(&s, &now) {
+                    self.courier.deliver(Out::Derive(d), at);
+                }
+            }
+            Out::Refresh { source, target } => {
+                let now = self.current(cache, &source, 0).await;
+                self.courier
+                    .deliver(Out::Derive(refresh(&source, &target, &now)), at);
+            }
+        }
     }
 
     /// Queues every stale target's object for the engine (which skips it
@@ -225,7 +285,7 @@ impl Deriver {
         }
         let items: Vec<(Key, Option<Bytes>)> = stale
             .keys()
-            .map(|k| (k.clone(), self.state.render_bytes(k).map(Bytes::from)))
+            .map(|k| (k.clone(), self.node.state.render_bytes(k).map(Bytes::from)))
             .collect();
         let replies = self.engine.write_derived(items).await;
         // The collection counts as pending work, so `settle` waits for it.

@@ -4,8 +4,12 @@
 //! by a *change* message. The [`deriver`] looks up which targets the change
 //! concerns (the reverse index, plus what the new document names) and sends
 //! each a [`Derivation`], addressed by the target's key, through a
-//! [`Courier`]. On one origin the courier delivers locally; the cluster work
-//! routes the same messages to the owner of each target. Handling a
+//! [`Courier`], which hands it to the deriver of the target's owner: this
+//! origin's, or another's over a cluster link ([`wire`] is the format). A
+//! derivation carries the source's document, since only the source's owner
+//! can read it; an embed target subscribes to the entities it embeds at
+//! their owners ([`node`]), and a `ref:` check asks the referenced key's
+//! owner. Handling a
 //! derivation updates the target's state ([`state::ViewState`]) and, if its
 //! content changed, *materializes* the new object: writes it into the
 //! engine, from where it is served at `/o/{view}/{id}`, stored by the
@@ -19,10 +23,15 @@
 //! per batch and materializes each target once per batch.
 //!
 //! State lives in memory and is rebuilt at start from the entities the warm
-//! load brought in; stored view objects that disagree are rewritten, and
-//! stored view objects without state are deleted. The rolling regeneration
-//! ([`sweep`]) repeats that over `--regen-period-secs`, repairing and
-//! counting divergences.
+//! load brought in, and from what the other origins send when asked (a
+//! *resync*: every origin sends a starting one the derivations of its
+//! entities for the targets the starter owns, and takes up again the
+//! subscriptions its targets held there). Stored view objects that disagree
+//! are rewritten, and, once every other origin has answered, stored view
+//! objects without state are deleted. The rolling regeneration ([`sweep`])
+//! repeats that over `--regen-period-secs`, and asks the owners of a
+//! target's remote members for their documents, repairing and counting
+//! divergences.
 //!
 //! Counter views ([`counters`]) take increments outside the deriver and
 //! fold them into their objects once per period. What the model says about
@@ -35,11 +44,14 @@
 mod admit;
 mod collector;
 pub(crate) mod counters;
+mod courier;
 mod deriver;
+mod node;
 pub(crate) mod state;
 mod sweep;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -53,36 +65,64 @@ use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use admit::Refusal;
 pub(crate) use counters::Counters;
-pub(crate) use state::{Derivation, PageQuery, QueryError};
+pub(crate) use state::{PageQuery, QueryError};
 
 use crate::base::metrics::{counters, Scrape};
 use crate::base::Tasks;
+use crate::cluster::link::{Delivered, Link};
+use crate::cluster::Cluster;
 use crate::engine::{Engine, EngineError, Stamp};
-use crate::storage::faults;
 use collector::Collector;
+use courier::{LinkReport, Routed, DERIVE_PATH};
 use deriver::Deriver;
+use node::Out;
 use sweep::Sweep;
+pub(crate) use wire::Batch;
+use wire::Received;
 
-/// Delivers a derivation to the owner of its target.
+/// Delivers a message to the owner of its address.
 pub(crate) trait Courier: Send + Sync {
-    /// Sends `d`, caused by a write at `at`. Delivery is at most once:
-    /// the rolling regeneration repairs what is lost.
-    fn deliver(&self, d: Derivation, at: Instant);
+    /// Sends `out`, caused by a write at `at`, to the owner of its address:
+    /// this origin's deriver or another origin's.
+    fn deliver(&self, out: Out, at: Instant);
+    /// The owner of a key, when it is another origin.
+    fn owner(&self, key: &Key) -> Option<&str>;
+    /// The other origins.
+    fn peers(&self) -> Vec<String>;
+    /// Asks another origin for a resync.
+    fn resync(&self, origin: &str);
+    /// Tells another origin that its resync's answer is complete.
+    fn resync_done(&self, origin: &str);
 }
+
+/// How often [`Views::settle`] looks at the links once the deriver is idle.
+const LINK_POLL: Duration = Duration::from_millis(10);
 
 /// A message to the deriver.
 enum Msg {
+    /// An entity this origin owns was written (or is visited): send its
+    /// document to its targets; with `only`, just to those of that origin.
     Changed {
         source: Key,
         version: u64,
         at: Instant,
         force: bool,
+        only: Option<String>,
     },
-    Derive(Derivation, Instant),
+    /// A message addressed to a key of this origin (`true`: it came from
+    /// another origin).
+    Out(Out, Instant, bool),
     /// A stored view object: delete it if no state backs it.
     Orphan(Key),
+    /// A target: ask the owners of its remote members for their documents.
+    Verify(Key),
     /// Materialize a target again (after a failed write).
     Render(Key),
+    /// Take up again the subscriptions held on entities of that origin,
+    /// then tell it its resync is answered.
+    Resubscribe(String),
+    /// That origin has answered this origin's resync.
+    Resynced(String),
     Query(Query, oneshot::Sender<Result<Value, QueryError>>),
     Barrier(oneshot::Sender<()>),
 }
@@ -115,8 +155,13 @@ counters! {
         materialize_failures: counter("view_publish_failures", "Derived objects whose write failed (retried)"),
         divergences: counter("view_divergences", "Derived objects the rolling regeneration found wrong and repaired"),
         dropped: counter("view_derivations_dropped", "Derivations lost to fault injection"),
+        remote_sent: counter("view_remote_messages_sent", "View engine messages other origins acknowledged"),
+        remote_received: counter("view_remote_messages_received", "View engine messages received from other origins"),
+        remote_abandoned: counter("view_remote_messages_abandoned", "View engine messages for other origins given up at shutdown"),
+        remote_malformed: counter("view_remote_messages_malformed", "View engine messages from other origins whose keys did not parse"),
         sweeps: counter("view_sweeps", "Completed rolling regeneration sweeps"),
         pending: gauge("view_pending", "View engine messages not yet handled"),
+        outbound: gauge("view_outbound", "View engine messages queued for other origins, not yet acknowledged"),
         targets: gauge("view_targets", "Derived objects with state on this origin"),
     }
 }
@@ -139,21 +184,11 @@ pub(crate) struct Views {
     /// Seconds from an entity write to the materialization of a derived
     /// object it changed (clones share one histogram).
     lag: Histogram,
+    /// The same, for derivations that crossed from another origin.
+    remote_lag: Histogram,
     counters: Arc<Counters>,
+    cluster: Arc<Cluster>,
     rx: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<Msg>>>>,
-}
-
-/// The local courier: the target is owned here, so the message goes to this
-/// origin's deriver.
-struct Local {
-    tx: mpsc::UnboundedSender<Msg>,
-    stats: Arc<ViewStats>,
-}
-
-impl Courier for Local {
-    fn deliver(&self, d: Derivation, at: Instant) {
-        send_counted(&self.tx, &self.stats, Msg::Derive(d, at));
-    }
 }
 
 /// Queues a message for the deriver, counted as pending until handled
@@ -165,25 +200,10 @@ fn send_counted(tx: &mpsc::UnboundedSender<Msg>, stats: &ViewStats, msg: Msg) {
     }
 }
 
-/// Loses messages while the fault control file says `derive=drop`.
-struct Faulty {
-    inner: Local,
-    control: PathBuf,
-}
-
-impl Courier for Faulty {
-    fn deliver(&self, d: Derivation, at: Instant) {
-        if faults::drops_derivations(&self.control) {
-            self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        self.inner.deliver(d, at);
-    }
-}
-
 impl Views {
-    /// A view engine for `model`; it does nothing until [`Views::start`].
-    pub(crate) fn new(model: Arc<Model>) -> Views {
+    /// A view engine for `model` on one origin of `cluster`; it does
+    /// nothing until [`Views::start`].
+    pub(crate) fn new(model: Arc<Model>, cluster: Arc<Cluster>) -> Views {
         let (tx, rx) = mpsc::unbounded_channel();
         Views {
             counters: Arc::new(Counters::new(&model)),
@@ -192,6 +212,8 @@ impl Views {
             stats: Arc::new(ViewStats::default()),
             // 50 µs to ~26 s, doubling.
             lag: Histogram::new(exponential_buckets(0.000_05, 2.0, 20)),
+            remote_lag: Histogram::new(exponential_buckets(0.000_05, 2.0, 20)),
+            cluster,
             rx: Arc::new(std::sync::Mutex::new(Some(rx))),
         }
     }
@@ -215,6 +237,11 @@ impl Views {
             "From an entity write to the publication of a derived object it changed",
             &self.lag,
         );
+        s.histogram(
+            "view_remote_derivation_lag_seconds",
+            "From an entity write on another origin to the publication of a derived object here it changed",
+            &self.remote_lag,
+        );
     }
 
     fn send(&self, msg: Msg) {
@@ -231,7 +258,47 @@ impl Views {
             version,
             at: Instant::now(),
             force: false,
+            only: None,
         });
+    }
+
+    /// Takes a batch of messages from another origin (`POST
+    /// /_prefold/derive`). They are queued, not yet applied, when this
+    /// returns.
+    pub(crate) async fn receive(&self, engine: &Engine, batch: Batch) -> Result<(), EngineError> {
+        let n = batch.messages.len() as u64;
+        self.stats.remote_received.fetch_add(n, Ordering::Relaxed);
+        let clock = self.cluster.peers.clock();
+        for w in batch.messages {
+            match wire::parse(w) {
+                None => {
+                    self.stats.remote_malformed.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Received::Out(out, written)) => {
+                    let age = written.map_or(0, |w| clock.now_micros().saturating_sub(w));
+                    let at = Instant::now()
+                        .checked_sub(Duration::from_micros(age))
+                        .unwrap_or_else(Instant::now);
+                    self.send(Msg::Out(out, at, true));
+                }
+                Some(Received::Resync) => {
+                    for (key, stamp) in engine.keys().await? {
+                        if self.model.entity(key.kind()).is_some() {
+                            self.send(Msg::Changed {
+                                source: key,
+                                version: stamp.version,
+                                at: Instant::now(),
+                                force: true,
+                                only: Some(batch.from.clone()),
+                            });
+                        }
+                    }
+                    self.send(Msg::Resubscribe(batch.from.clone()));
+                }
+                Some(Received::ResyncDone) => self.send(Msg::Resynced(batch.from.clone())),
+            }
+        }
+        Ok(())
     }
 
     /// Answers a query from view state.
@@ -243,9 +310,16 @@ impl Views {
     }
 
     /// Waits until every message sent so far, and everything it caused, is
-    /// handled and materialized (or `timeout` passes; returns whether
-    /// settled).
+    /// handled and materialized, and what it sent other origins has reached
+    /// them (or `timeout` passes; returns whether settled).
     pub(crate) async fn settle(&self, timeout: Duration) -> bool {
+        self.settle_until(timeout, true).await
+    }
+
+    /// [`Views::settle`], waiting for messages to other origins only with
+    /// `outbound` (start-up does not: the others may be starting too, and
+    /// take messages once ready).
+    async fn settle_until(&self, timeout: Duration, outbound: bool) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let (tx, rx) = oneshot::channel();
@@ -253,8 +327,18 @@ impl Views {
             if tokio::time::timeout_at(deadline, rx).await.is_err() {
                 return false;
             }
-            if self.stats.pending.load(Ordering::Relaxed) == 0 {
+            if self.stats.pending.load(Ordering::Relaxed) == 0
+                && (!outbound || self.stats.outbound.load(Ordering::Relaxed) == 0)
+            {
                 return true;
+            }
+            if self.stats.pending.load(Ordering::Relaxed) == 0 {
+                // Only the links are busy, and no barrier passes through
+                // them: look again shortly (still bounded by the deadline).
+                if tokio::time::Instant::now() + LINK_POLL >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(LINK_POLL).await;
             }
         }
     }
@@ -272,35 +356,54 @@ impl Views {
         let Some(rx) = self.rx.lock().ok().and_then(|mut g| g.take()) else {
             return Ok(());
         };
-        let local = Local {
+        let cluster = &self.cluster;
+        let report: Arc<dyn Delivered> = Arc::new(LinkReport(self.stats.clone()));
+        let mut links = foldhash::HashMap::default();
+        if let Some(me) = cluster.membership.me() {
+            for peer in cluster.membership.peers() {
+                let (link, tx) = Link::new(
+                    me.to_owned(),
+                    peer.clone(),
+                    DERIVE_PATH,
+                    cluster.peers.clone(),
+                    report.clone(),
+                );
+                tasks.spawn(link);
+                links.insert(peer.name.clone(), tx);
+            }
+        }
+        let courier: Arc<dyn Courier> = Arc::new(Routed {
             tx: self.tx.clone(),
             stats: self.stats.clone(),
-        };
-        let courier: Box<dyn Courier> = match settings.fault_file {
-            Some(control) => Box::new(Faulty {
-                inner: local,
-                control,
-            }),
-            None => Box::new(local),
-        };
+            membership: cluster.membership.clone(),
+            links,
+            clock: cluster.peers.clock().clone(),
+            faults: settings.fault_file,
+        });
         let (collector, jobs) = Collector::new(
             engine.clone(),
             self.stats.clone(),
             self.lag.clone(),
+            self.remote_lag.clone(),
             self.tx.clone(),
         );
         tasks.spawn(collector);
         tasks.spawn(Deriver::new(
             self.model.clone(),
             engine.clone(),
-            courier,
+            courier.clone(),
             self.stats.clone(),
             rx,
             jobs,
         ));
         let started = Instant::now();
+        // What the other origins hold for targets here arrives as they
+        // answer; the local rebuild does not wait for them.
+        for peer in courier.peers() {
+            courier.resync(&peer);
+        }
         let (entities, views) = self.visit_all(&engine, false).await?;
-        if !self.settle(Duration::from_secs(3600)).await {
+        if !self.settle_until(Duration::from_secs(3600), false).await {
             tracing::warn!("the view rebuild did not settle");
         }
         if entities > 0 || views > 0 {
@@ -338,6 +441,7 @@ impl Views {
                 version: stamp.version,
                 at: Instant::now(),
                 force,
+                only: None,
             });
         } else if !stamp.tombstone
             && self
@@ -346,6 +450,9 @@ impl Views {
                 .is_some_and(|v| v.kind.from().is_some())
         {
             *views += 1;
+            if force {
+                self.send(Msg::Verify(key.clone()));
+            }
             self.send(Msg::Orphan(key));
         }
     }

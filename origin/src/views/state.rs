@@ -5,17 +5,24 @@
 //! It holds *members*: the entities that contribute to it, each with the
 //! version it was computed from and its contribution (the fields it shows,
 //! its sort key, its measure values). A derivation message says "source S
-//! changed at version v; target T may need it". Handling one reads S's
-//! *current* state, never the message's payload, so messages may be lost,
-//! repeated or reordered: a repeat is skipped by the version stamp, a
-//! reordered one reads the same current state, and a lost one is repaired by
-//! the rolling regeneration, which sends every message again with `force`.
+//! is now this document, at version v" and is addressed to a target: the
+//! message carries the document because the target may live on another
+//! origin than its source, and only the source's owner can read it.
 //!
-//! The reverse index maps each source to the targets it is a member of (and
-//! each referenced entity to the embed targets pointing at it). It is
-//! how a change finds its dependents without a scan: renaming `product/p1`
-//! looks up the `order_page`s that embed it, and moving an event to another
-//! category finds the index target it has to leave.
+//! Messages may be lost, repeated or reordered between origins, so each is
+//! applied by its (source, version): an older version than the one held is
+//! skipped, and so is the same version again unless forced (the rolling
+//! regeneration, and deliveries a subscription asks for). A source that no
+//! longer contributes leaves a version behind (`left`), so a delayed older
+//! message cannot bring it back. A lost message is repaired by the rolling
+//! regeneration.
+//!
+//! The reverse index maps each source to the targets here it is a member of,
+//! and each referenced entity to the embed targets here whose own entity
+//! points at it: what a target's own entity references is *subscribed to*
+//! at the referenced entity's owner ([`super::fanout`]), which then sends
+//! its changes here. Renaming `product/p1` reaches every `order_page` that
+//! embeds it, on whichever origin each lives.
 //!
 //! Everything here is synchronous and deterministic: the actor in
 //! [`super`] feeds it, and the property test compares it with a from-scratch
@@ -42,26 +49,36 @@ pub(crate) struct Source {
     pub(crate) doc: Option<Arc<Value>>,
 }
 
-/// "Source changed; target may need it." Addressed by `target`.
+/// "Source is now `doc` at `version`; target may need it." Addressed by
+/// `target`.
 #[derive(Debug, Clone)]
 pub(crate) struct Derivation {
     /// The derived object.
     pub(crate) target: Key,
     /// The entity that changed.
     pub(crate) source: Key,
-    /// The source's version that caused this message.
+    /// The source's version `doc` is.
     pub(crate) version: u64,
-    /// Recompute even if the version says it is known (the rolling sweep).
+    /// The source's document at `version` (`None`: deleted or absent).
+    pub(crate) doc: Option<Arc<Value>>,
+    /// Apply even if this version is the one held (the rolling sweep, and
+    /// what a subscription asks for); an older version is never applied.
     pub(crate) force: bool,
+    /// Sent by the rolling regeneration or a resync: a change it makes is
+    /// a repaired divergence, not a new write.
+    pub(crate) repair: bool,
 }
 
 /// What a message did to its target.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Effect {
     /// The target's content changed: render and publish it.
     pub(crate) changed: bool,
     /// Skipped by its version stamp.
     pub(crate) skipped: bool,
+    /// References an embed target's own entity took up (`true`) or dropped
+    /// (`false`): subscriptions to send to the referenced entities' owners.
+    pub(crate) subscriptions: Vec<(Key, bool)>,
 }
 
 /// The words, longest accepted, of text views.
@@ -343,11 +360,10 @@ pub(crate) struct ViewState {
     /// Referenced entity → the embed targets whose own entity points at it.
     refs: HashMap<Key, HashSet<Key>>,
     vocab: HashMap<String, Vocab>,
+    /// Target → sources that stopped contributing, with the version at which
+    /// they did: an older message from them must not bring them back.
+    left: HashMap<Key, HashMap<Key, u64>>,
 }
-
-/// Looks a source up in the engine's current state; `None` means "not
-/// fetched yet" (the caller fetches and retries), not "absent".
-pub(crate) type Lookup<'a> = &'a dyn Fn(&Key) -> Option<Source>;
 
 fn id_of(key: &Key) -> &str {
     key.as_str().split_once('/').map_or("", |(_, id)| id)
@@ -394,6 +410,7 @@ impl ViewState {
             rev: HashMap::new(),
             refs: HashMap::new(),
             vocab: HashMap::new(),
+            left: HashMap::new(),
         }
     }
 
@@ -413,21 +430,21 @@ impl ViewState {
         self.targets.keys()
     }
 
-    /// The targets a change of `source` (now `doc`) must be delivered to:
-    /// those it is a member of, the embed views whose entity references it,
-    /// and those its current document names.
-    pub(crate) fn targets_of(&self, source: &Key, doc: Option<&Value>) -> Vec<Key> {
-        let mut out: BTreeSet<Key> = self
-            .rev
+    /// The targets here that already hold `source`: those it is a member
+    /// of, and the embed targets whose own entity references it.
+    pub(crate) fn dependents(&self, source: &Key) -> impl Iterator<Item = &Key> {
+        self.rev
             .get(source)
             .into_iter()
             .chain(self.refs.get(source))
             .flatten()
-            .cloned()
-            .collect();
-        let Some(doc) = doc else {
-            return out.into_iter().collect();
-        };
+    }
+
+    /// The targets `doc` (the document of `source`) names, wherever they
+    /// live: what a change must reach besides the targets that held its
+    /// previous version.
+    pub(crate) fn named(&self, source: &Key, doc: &Value) -> BTreeSet<Key> {
+        let mut out = BTreeSet::new();
         let kind = source.kind();
         for view in self.model.views() {
             if view.kind.from() != Some(kind) {
@@ -462,71 +479,97 @@ impl ViewState {
                 }
             }
         }
-        out.into_iter().collect()
+        out
     }
 
-    /// Handles one message. Returns `Err(keys)` without changing anything
-    /// when `lookup` lacks keys it needs: fetch them and call again.
-    pub(crate) fn derive(
-        &mut self,
-        d: &Derivation,
-        lookup: Lookup<'_>,
-    ) -> Result<Effect, Vec<Key>> {
-        let model = self.model.clone();
-        let Some(view) = model.view(d.target.kind()) else {
-            return Ok(Effect::default());
-        };
+    /// Every embed target here with the keys its own entity references:
+    /// the subscriptions this origin holds elsewhere.
+    pub(crate) fn subscriptions(&self) -> impl Iterator<Item = (&Key, &Key)> {
+        self.refs
+            .iter()
+            .flat_map(|(entity, targets)| targets.iter().map(move |t| (entity, t)))
+    }
+
+    /// The version of the own entity of an embed target (0 if none): what
+    /// orders its subscriptions.
+    pub(crate) fn own_version(&self, target: &Key) -> u64 {
+        self.targets
+            .get(target)
+            .and_then(|t| {
+                t.members.values().find_map(|m| match &m.data {
+                    Contribution::Own { .. } => Some(m.version),
+                    _ => None,
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    /// The sources of a target here, with the versions held.
+    pub(crate) fn members_of(&self, target: &Key) -> Vec<(Key, u64)> {
+        self.targets
+            .get(target)
+            .map(|t| {
+                t.members
+                    .iter()
+                    .map(|(k, m)| (k.clone(), m.version))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether a message is older than what its target knows of its source
+    /// (or the same version again, unless forced).
+    fn is_stale(&self, d: &Derivation) -> bool {
         let held = self
             .targets
             .get(&d.target)
             .and_then(|t| t.members.get(&d.source))
-            .map(|m| m.version);
-        if !d.force && held.is_some_and(|v| v >= d.version) {
-            return Ok(Effect {
+            .map(|m| m.version)
+            .or_else(|| self.left.get(&d.target)?.get(&d.source).copied());
+        // Version 0 is "never written", older than anything held, except
+        // from a repair: a source its owner no longer knows at all (its
+        // tombstone forgotten) is gone, whatever was held.
+        match held {
+            Some(_) if d.version == 0 && d.doc.is_none() && d.repair => false,
+            Some(v) => v > d.version || (v == d.version && !d.force),
+            None => false,
+        }
+    }
+
+    /// Handles one message.
+    pub(crate) fn derive(&mut self, d: &Derivation) -> Effect {
+        let model = self.model.clone();
+        let Some(view) = model.view(d.target.kind()) else {
+            return Effect::default();
+        };
+        if self.is_stale(d) {
+            return Effect {
                 skipped: true,
                 ..Effect::default()
-            });
+            };
         }
-        let source = lookup(&d.source).ok_or_else(|| vec![d.source.clone()])?;
-        let contribution = source
+        let contribution = d
             .doc
             .as_deref()
             .and_then(|doc| self.contribution(view, &d.target, &d.source, doc));
-        // An embed view's own entity brings its references along: they must
-        // be looked up too before anything changes.
-        let mut refs: Vec<(Key, Source)> = Vec::new();
-        if let Some(Contribution::Own { refs: wanted, .. }) = &contribution {
-            let mut missing = Vec::new();
-            for k in wanted.iter().flatten() {
-                let member_known = !d.force
-                    && self
-                        .targets
-                        .get(&d.target)
-                        .is_some_and(|t| t.members.contains_key(k));
-                if member_known || refs.iter().any(|(r, _)| r == k) {
-                    continue;
-                }
-                match lookup(k) {
-                    Some(s) => refs.push((k.clone(), s)),
-                    None => missing.push(k.clone()),
-                }
-            }
-            if !missing.is_empty() {
-                return Err(missing);
-            }
-        }
+        let left = contribution.is_none();
         let own = matches!(&view.kind, ViewKind::Embed(e) if d.source.kind() == e.from);
-        let old_refs = if own {
-            self.own_refs(&d.target, &d.source)
+        let (old_refs, old_slots) = if own {
+            (
+                self.own_refs(&d.target, &d.source),
+                self.own_slots(&d.target, &d.source),
+            )
         } else {
-            HashSet::new()
+            (HashSet::new(), Vec::new())
         };
-        let mut changed = self.set_member(view, &d.target, &d.source, source.version, contribution);
+        let mut changed = self.set_member(view, &d.target, &d.source, d.version, contribution);
+        let mut subscriptions = Vec::new();
         if own {
             // The reference index follows what the own entity points at,
             // present or not: a referenced entity created later must still
             // find this target.
             let new_refs = self.own_refs(&d.target, &d.source);
+            let slots_changed = self.own_slots(&d.target, &d.source) != old_slots;
             for k in old_refs.difference(&new_refs) {
                 if let Some(set) = self.refs.get_mut(k) {
                     set.remove(&d.target);
@@ -534,29 +577,57 @@ impl ViewState {
                         self.refs.remove(k);
                     }
                 }
+                subscriptions.push((k.clone(), false));
             }
-            for k in new_refs.difference(&old_refs) {
-                self.refs
+            for k in &new_refs {
+                let new = self
+                    .refs
                     .entry(k.clone())
                     .or_default()
                     .insert(d.target.clone());
+                // Moved references, and the sweep, ask again for everything
+                // embedded: which fields are shown of each may have changed.
+                if new || slots_changed || d.force {
+                    subscriptions.push((k.clone(), true));
+                }
             }
-            changed |= self.reconcile_embedded(view, &d.target, &d.source, refs);
+            changed |= self.drop_unreferenced(view, &d.target, &d.source);
         }
-        Ok(Effect {
+        if left {
+            let at = self
+                .left
+                .entry(d.target.clone())
+                .or_default()
+                .entry(d.source.clone())
+                .or_insert(d.version);
+            *at = (*at).max(d.version);
+        } else if let Some(l) = self.left.get_mut(&d.target) {
+            l.remove(&d.source);
+            if l.is_empty() {
+                self.left.remove(&d.target);
+            }
+        }
+        subscriptions.sort();
+        Effect {
             changed,
             skipped: false,
-        })
+            subscriptions,
+        }
     }
 
     /// The keys an embed target's own entity references now.
     fn own_refs(&self, target: &Key, own: &Key) -> HashSet<Key> {
+        self.own_slots(target, own).into_iter().flatten().collect()
+    }
+
+    /// What an embed target's own entity references, field by field.
+    fn own_slots(&self, target: &Key, own: &Key) -> Vec<Option<Key>> {
         match self.targets.get(target).and_then(|t| t.members.get(own)) {
             Some(Member {
                 data: Contribution::Own { refs, .. },
                 ..
-            }) => refs.iter().flatten().cloned().collect(),
-            _ => HashSet::new(),
+            }) => refs.clone(),
+            _ => Vec::new(),
         }
     }
 
@@ -674,22 +745,11 @@ impl ViewState {
         }
     }
 
-    /// Makes the embedded members of an embed target match what its own
-    /// entity references now.
-    fn reconcile_embedded(
-        &mut self,
-        view: &View,
-        target: &Key,
-        own: &Key,
-        fetched: Vec<(Key, Source)>,
-    ) -> bool {
-        let wanted: HashSet<Key> = match self.targets.get(target).and_then(|t| t.members.get(own)) {
-            Some(Member {
-                data: Contribution::Own { refs, .. },
-                ..
-            }) => refs.iter().flatten().cloned().collect(),
-            _ => HashSet::new(),
-        };
+    /// Removes the embedded members of an embed target that its own entity
+    /// no longer references (their subscriptions are dropped too, so no
+    /// version is kept: a later reference asks for them afresh).
+    fn drop_unreferenced(&mut self, view: &View, target: &Key, own: &Key) -> bool {
+        let wanted = self.own_refs(target, own);
         let stale: Vec<Key> = self
             .targets
             .get(target)
@@ -704,13 +764,6 @@ impl ViewState {
         let mut changed = false;
         for k in stale {
             changed |= self.set_member(view, target, &k, 0, None);
-        }
-        for (k, s) in fetched {
-            let c = s
-                .doc
-                .as_deref()
-                .and_then(|doc| self.contribution(view, target, &k, doc));
-            changed |= self.set_member(view, target, &k, s.version, c);
         }
         changed
     }

@@ -7,10 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use prefold_core::{Key, Model};
+use prefold_core::{Key, Model, Origin, OriginList};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+use super::node::{refresh, Node, Out};
 use super::state::{Derivation, PageQuery, Source, ViewState};
 
 fn model() -> Arc<Model> {
@@ -27,29 +28,67 @@ fn key(s: &str) -> Key {
     Key::parse(s).unwrap()
 }
 
-/// A store of entities and the view state fed from it, synchronously.
+/// A store of entities and a cluster of view engine nodes fed from it,
+/// synchronously: each key is handled by the node that owns it, as the
+/// courier routes messages between origins.
 struct World {
     store: HashMap<Key, (u64, Option<Arc<Value>>)>,
     version: u64,
-    state: ViewState,
+    nodes: Vec<Node>,
+    origins: OriginList,
 }
 
 enum Event {
     Changed(Key, u64),
-    Derive(Derivation),
+    Out(Out),
+}
+
+impl Clone for Event {
+    fn clone(&self) -> Event {
+        match self {
+            Event::Changed(k, v) => Event::Changed(k.clone(), *v),
+            Event::Out(o) => Event::Out(o.clone()),
+        }
+    }
 }
 
 impl World {
     fn new() -> World {
+        World::cluster(1)
+    }
+
+    /// A world of `n` origins.
+    fn cluster(n: usize) -> World {
+        let origins = OriginList::new(
+            (0..n)
+                .map(|i| Origin::new(format!("origin-{i}"), format!("http://10.0.0.{i}")))
+                .collect(),
+        )
+        .unwrap();
         World {
             store: HashMap::new(),
             version: 0,
-            state: ViewState::new(model()),
+            nodes: (0..n).map(|_| Node::new(model())).collect(),
+            origins,
         }
     }
 
-    fn lookup(store: &HashMap<Key, (u64, Option<Arc<Value>>)>, k: &Key) -> Source {
-        match store.get(k) {
+    /// The view state of a one-origin world.
+    fn state(&self) -> &ViewState {
+        &self.nodes[0].state
+    }
+
+    fn owner(&self, k: &Key) -> usize {
+        let name = &self.origins.owner(k).name;
+        self.origins
+            .origins()
+            .iter()
+            .position(|o| o.name == *name)
+            .unwrap()
+    }
+
+    fn lookup(&self, k: &Key) -> Source {
+        match self.store.get(k) {
             Some((version, doc)) => Source {
                 version: *version,
                 doc: doc.clone(),
@@ -70,30 +109,39 @@ impl World {
         Event::Changed(k, self.version)
     }
 
-    /// Handles one message; returns the messages it sends.
+    /// Handles one message at the owner of its address; returns the
+    /// messages it sends.
     fn handle(&mut self, msg: &Event, force: bool) -> Vec<Event> {
         match msg {
-            Event::Changed(source, version) => {
-                let doc = self.store.get(source).and_then(|(_, d)| d.clone());
-                self.state
-                    .targets_of(source, doc.as_deref())
+            Event::Changed(source, _) => {
+                let now = self.lookup(source);
+                let at = self.owner(source);
+                self.nodes[at]
+                    .changed(source, &now, force, None)
                     .into_iter()
-                    .map(|target| {
-                        Event::Derive(Derivation {
-                            target,
-                            source: source.clone(),
-                            version: *version,
-                            force,
-                        })
-                    })
+                    .map(|d| Event::Out(Out::Derive(d)))
                     .collect()
             }
-            Event::Derive(d) => {
-                let store = &self.store;
-                self.state
-                    .derive(d, &|k| Some(World::lookup(store, k)))
-                    .expect("every source is in the store");
-                Vec::new()
+            Event::Out(out) => {
+                let at = self.owner(out.address());
+                match out {
+                    Out::Derive(d) => self.nodes[at].derive(d).1,
+                    Out::Subscribe(s) => {
+                        let now = self.lookup(&s.entity);
+                        self.nodes[at]
+                            .subscribe(s, &now)
+                            .map(Out::Derive)
+                            .into_iter()
+                            .collect()
+                    }
+                    Out::Refresh { source, target } => {
+                        let now = self.lookup(source);
+                        vec![Out::Derive(refresh(source, target, &now))]
+                    }
+                }
+                .into_iter()
+                .map(Event::Out)
+                .collect()
             }
         }
     }
@@ -103,6 +151,31 @@ impl World {
         let mut queue = VecDeque::from([first]);
         while let Some(m) = queue.pop_front() {
             queue.extend(self.handle(&m, false));
+        }
+    }
+
+    /// The rolling regeneration: every entity forced at its owner, and
+    /// every target's remote members asked for again.
+    fn sweep(&mut self) {
+        let mut keys: Vec<(Key, u64)> = self
+            .store
+            .iter()
+            .map(|(k, (v, _))| (k.clone(), *v))
+            .collect();
+        keys.sort();
+        let mut queue = VecDeque::new();
+        for (k, v) in keys {
+            queue.extend(self.handle(&Event::Changed(k, v), true));
+        }
+        for i in 0..self.nodes.len() {
+            let targets: Vec<Key> = self.nodes[i].state.target_keys().cloned().collect();
+            for t in targets {
+                let outs = self.nodes[i].verify(&t, &|s| self.owner(s) != i);
+                queue.extend(outs.into_iter().map(Event::Out));
+            }
+        }
+        while let Some(m) = queue.pop_front() {
+            queue.extend(self.handle(&m, true));
         }
     }
 
@@ -116,43 +189,54 @@ impl World {
         self.run(m);
     }
 
+    fn target_state(&self, k: &Key) -> &ViewState {
+        &self.nodes[self.owner(k)].state
+    }
+
     /// The published object, parsed (and equal to the rendering).
     fn view(&self, k: &str) -> Option<Value> {
-        let bytes = self.state.render_bytes(&key(k));
+        let state = self.target_state(&key(k));
+        let bytes = state.render_bytes(&key(k));
         let published: Option<Value> = bytes.map(|b| serde_json::from_slice(&b).expect("JSON"));
-        assert_eq!(published, self.state.render(&key(k), false), "{k}");
+        assert_eq!(published, state.render(&key(k), false), "{k}");
         published
     }
 
     fn page(&self, k: &str, q: PageQuery) -> Value {
-        self.state.page(&key(k), &q).unwrap()
+        self.target_state(&key(k)).page(&key(k), &q).unwrap()
     }
 
-    /// Every target's full rendering. Also checks that the published bytes
-    /// say what the rendering says.
+    fn target_count(&self) -> usize {
+        self.nodes.iter().map(|n| n.state.target_count()).sum()
+    }
+
+    /// Every target's full rendering, from whichever origin owns it. Also
+    /// checks that the published bytes say what the rendering says, and
+    /// that no origin holds state for a target it does not own.
     fn snapshot(&self) -> BTreeMap<String, Value> {
-        self.state
-            .target_keys()
-            .filter_map(|k| {
-                let bytes = self.state.render_bytes(k)?;
+        let mut out = BTreeMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let state = &node.state;
+            for k in state.target_keys() {
+                assert_eq!(self.owner(k), i, "{k} has state away from its owner");
+                let Some(bytes) = state.render_bytes(k) else {
+                    continue;
+                };
                 let published: Value = serde_json::from_slice(&bytes).expect("published JSON");
-                assert_eq!(
-                    Some(&published),
-                    self.state.render(k, false).as_ref(),
-                    "{k}"
-                );
-                Some((k.to_string(), self.state.render(k, true)?))
-            })
-            .collect()
+                assert_eq!(Some(&published), state.render(k, false).as_ref(), "{k}");
+                if let Some(full) = state.render(k, true) {
+                    out.insert(k.to_string(), full);
+                }
+            }
+        }
+        out
     }
 
-    /// The same store, derived from scratch.
+    /// The same store, derived from scratch on as many origins.
     fn recomputed(&self) -> World {
-        let mut w = World {
-            store: self.store.clone(),
-            version: self.version,
-            state: ViewState::new(model()),
-        };
+        let mut w = World::cluster(self.nodes.len());
+        w.store = self.store.clone();
+        w.version = self.version;
         let mut keys: Vec<(Key, u64)> = w
             .store
             .iter()
@@ -226,36 +310,39 @@ fn embed_serves_the_purchase_order_page() {
     // Deleting the order deletes its page.
     w.delete("order/o1");
     assert_eq!(w.view("order_page/o1"), None);
-    assert_eq!(w.state.target_count(), 0, "no state is left behind");
+    assert_eq!(w.target_count(), 0, "no state is left behind");
 }
 
 #[test]
 fn repeated_and_stale_messages_are_skipped_by_version() {
     let mut w = orders_world();
+    let p1 = key("product/p1");
+    let now = w.lookup(&p1);
     let d = |version| Derivation {
         target: key("order_page/o1"),
-        source: key("product/p1"),
+        source: p1.clone(),
         version,
+        doc: now.doc.clone(),
         force: false,
+        repair: false,
     };
-    let store = w.store.clone();
-    let lookup = |k: &Key| Some(World::lookup(&store, k));
-    let current = store[&key("product/p1")].0;
-    let again = w.state.derive(&d(current), &lookup).unwrap();
+    let state = &mut w.nodes[0].state;
+    let again = state.derive(&d(now.version));
     assert!(again.skipped && !again.changed);
-    let stale = w.state.derive(&d(current - 1), &lookup).unwrap();
+    let stale = state.derive(&d(now.version - 1));
     assert!(stale.skipped);
-    // A forced (sweep) message recomputes and finds nothing to change.
-    let forced = w
-        .state
-        .derive(
-            &Derivation {
-                force: true,
-                ..d(current)
-            },
-            &lookup,
-        )
-        .unwrap();
+    // Not even forced does an older version apply.
+    let forced_old = state.derive(&Derivation {
+        force: true,
+        ..d(now.version - 1)
+    });
+    assert!(forced_old.skipped);
+    // A forced (sweep) message at the held version recomputes and finds
+    // nothing to change.
+    let forced = state.derive(&Derivation {
+        force: true,
+        ..d(now.version)
+    });
     assert!(!forced.skipped && !forced.changed);
 }
 
@@ -356,7 +443,7 @@ fn list_pages_comments_newest_first_and_is_stable_under_inserts() {
 fn list_rejects_bad_cursors_and_limits() {
     let mut w = World::new();
     comment(&mut w, "e1", "u1", 1, 1, None);
-    let bad = |q: PageQuery| w.state.page(&key("event_comments/e1"), &q).unwrap_err();
+    let bad = |q: PageQuery| w.state().page(&key("event_comments/e1"), &q).unwrap_err();
     bad(PageQuery {
         after: Some("not-a-cursor".into()),
         ..PageQuery::default()
@@ -478,7 +565,7 @@ fn text_search_matches_words_prefixes_and_typos() {
     event(&mut w, "e3", "Jazz brunch", "music", "2026-12-03");
     assert_eq!(w.view("event_search/jazz").unwrap()["count"], 2);
     let search = |w: &World, q: &str| -> Vec<String> {
-        ids(&w.state.search("event_search", q, None).unwrap())
+        ids(&w.state().search("event_search", q, None).unwrap())
     };
     assert_eq!(search(&w, "jazz night"), ["e1"]);
     assert_eq!(search(&w, "night"), ["e1", "e2"]);
@@ -491,10 +578,10 @@ fn text_search_matches_words_prefixes_and_typos() {
     assert_eq!(search(&w, "jazz"), ["e3"]);
     assert_eq!(search(&w, "opera"), ["e1"]);
     assert!(w
-        .state
+        .state()
         .search("event_search", "a b c d e f g h i", None)
         .is_err());
-    assert!(w.state.search("event_search", "", None).is_err());
+    assert!(w.state().search("event_search", "", None).is_err());
 }
 
 #[test]
@@ -508,12 +595,12 @@ fn sets_hold_friends_both_ways() {
     }
     let u1 = w.view("friends/u1").unwrap();
     assert_eq!(u1["count"], 299);
-    assert!(w.state.is_member(&key("friends/u1"), "u150").unwrap());
-    assert!(!w.state.is_member(&key("friends/u1"), "u1").unwrap());
+    assert!(w.state().is_member(&key("friends/u1"), "u150").unwrap());
+    assert!(!w.state().is_member(&key("friends/u1"), "u1").unwrap());
     // Symmetric: u150's set has u1.
     assert_eq!(w.view("friends/u150").unwrap()["members"], json!(["u1"]));
     w.delete("friendship/u1/u150");
-    assert!(!w.state.is_member(&key("friends/u1"), "u150").unwrap());
+    assert!(!w.state().is_member(&key("friends/u1"), "u150").unwrap());
     assert_eq!(w.view("friends/u150"), None);
 }
 
@@ -607,14 +694,19 @@ fn step() -> impl Strategy<Value = Step> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Whatever order messages arrive in, and however often: once every
-    /// message is handled, each view equals a from-scratch recomputation.
-    /// In lossy histories some messages are lost; one forced sweep, as the
-    /// rolling regeneration does, must then repair everything. (Histories
-    /// without loss are checked without the sweep, which would hide bugs.)
+    /// Whatever order messages arrive in, and however often, on one origin
+    /// or spread over several: once every message is handled, each view
+    /// equals a from-scratch recomputation. In lossy histories some
+    /// messages are lost; one forced sweep, as the rolling regeneration
+    /// does, must then repair everything. (Histories without loss are
+    /// checked without the sweep, which would hide bugs.)
     #[test]
-    fn views_equal_a_recomputation(steps in proptest::collection::vec(step(), 1..120), lossy in any::<bool>()) {
-        let mut w = World::new();
+    fn views_equal_a_recomputation(
+        steps in proptest::collection::vec(step(), 1..120),
+        lossy in any::<bool>(),
+        origins in 1usize..=3,
+    ) {
+        let mut w = World::cluster(origins);
         let mut queue: Vec<Event> = Vec::new();
         let mut lost = false;
         for s in steps {
@@ -632,10 +724,7 @@ proptest! {
                 Step::Deliver(i, repeat) if !queue.is_empty() => {
                     let i = usize::from(i) % queue.len();
                     let m = if repeat {
-                        match &queue[i] {
-                            Event::Changed(k, v) => Event::Changed(k.clone(), *v),
-                            Event::Derive(d) => Event::Derive(d.clone()),
-                        }
+                        queue[i].clone()
                     } else {
                         queue.swap_remove(i)
                     };
@@ -654,23 +743,69 @@ proptest! {
             queue.extend(out);
         }
         if lost {
-            // The sweep: every entity, forced.
-            let mut keys: Vec<(Key, u64)> = w.store.iter().map(|(k, (v, _))| (k.clone(), *v)).collect();
-            keys.sort();
-            for (k, v) in keys {
-                let mut q = VecDeque::from(w.handle(&Event::Changed(k, v), true));
-                while let Some(m) = q.pop_front() {
-                    q.extend(w.handle(&m, true));
-                }
-            }
+            w.sweep();
         }
         let scratch = w.recomputed();
         prop_assert_eq!(w.snapshot(), scratch.snapshot());
-        for q in ["jazz", "ni", "rsut live", "talk b"] {
-            prop_assert_eq!(
-                w.state.search("event_search", q, None).ok(),
-                scratch.state.search("event_search", q, None).ok()
-            );
+        for (mine, theirs) in w.nodes.iter().zip(&scratch.nodes) {
+            for q in ["jazz", "ni", "rsut live", "talk b"] {
+                prop_assert_eq!(
+                    mine.state.search("event_search", q, None).ok(),
+                    theirs.state.search("event_search", q, None).ok()
+                );
+            }
         }
     }
+}
+
+/// The demo's purchase orders, written to one origin and to three, give
+/// every view the same content.
+#[test]
+fn three_origins_derive_what_one_does() {
+    let history = |w: &mut World| {
+        for c in 0..6 {
+            w.put(
+                &format!("customer/c{c}"),
+                json!({"name": format!("C{c}"), "country": "PT"}),
+            );
+        }
+        for p in 0..4 {
+            w.put(
+                &format!("product/p{p}"),
+                json!({"code": format!("K{p}"), "name": format!("P{p}")}),
+            );
+        }
+        for o in 0..30 {
+            w.put(
+                &format!("order/o{o}"),
+                json!({"customer": format!("c{}", o % 6), "product": format!("p{}", o % 4), "date": "2026-12-01"}),
+            );
+        }
+        w.put("product/p1", json!({"code": "K1", "name": "renamed"}));
+        w.put(
+            "order/o3",
+            json!({"customer": "c0", "product": "p2", "date": "2026-12-02"}),
+        );
+        w.delete("order/o4");
+        w.delete("customer/c5");
+    };
+    let mut one = World::cluster(1);
+    history(&mut one);
+    let mut three = World::cluster(3);
+    history(&mut three);
+    let owners: BTreeSet<usize> = [
+        "order_page/o1",
+        "product_orders/p1",
+        "order_page/o2",
+        "product_orders/p2",
+    ]
+    .iter()
+    .map(|k| three.owner(&key(k)))
+    .collect();
+    assert!(owners.len() > 1, "the targets spread over origins");
+    assert_eq!(one.snapshot(), three.snapshot());
+    assert_eq!(
+        three.view("order_page/o9").unwrap()["product"]["name"],
+        "renamed"
+    );
 }
