@@ -12,7 +12,7 @@ export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: run test tools edge deploy-check lint unit wasm e2e bench bench-full bench-prep
+.PHONY: run test tools edge deploy-check deploy-validate lint unit wasm e2e bench bench-full bench-prep
 
 ## make run: origin on 127.0.0.1:8080 (embedded store in ./data), edge under
 ## wrangler dev on 127.0.0.1:8787. Ctrl-C stops both cleanly.
@@ -20,7 +20,7 @@ run: tools
 	scripts/run.sh
 
 ## make test: everything CI runs.
-test: tools lint unit wasm edge deploy-check e2e
+test: tools lint unit wasm edge deploy-check deploy-validate e2e
 	@echo "make test: all checks passed"
 
 tools:
@@ -57,6 +57,12 @@ edge:
 ## the cron trigger (scripts/deploy-check.sh).
 deploy-check: edge
 	scripts/deploy-check.sh
+
+## The origin's deployment files (deploy/: container image, Kubernetes,
+## systemd), offline: kubernetes-validate, hadolint, systemd-analyze, and
+## every setting against `prefold-origin --help` (scripts/validate-deploy.sh).
+deploy-validate:
+	scripts/validate-deploy.sh
 
 e2e: edge
 	cargo build -p prefold-origin -p prefold-bench --bin prefold-origin --bin prefold-gen --locked

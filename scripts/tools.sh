@@ -9,7 +9,9 @@
 #   - s3s-fs, pinned, with --locked: the real S3-compatible server the
 #     storage conformance suite runs against;
 #   - node_modules from package-lock.json (wrangler, esbuild, binaryen),
-#     via `npm ci` whenever the lockfile is newer than the install.
+#     via `npm ci` whenever the lockfile is newer than the install;
+#   - .venv/, the Python tools that check deploy/ (kubernetes-validate,
+#     hadolint), pinned in scripts/deploy-requirements.txt (scripts/venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,3 +52,5 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   echo "tools: npm ci"
   npm ci --no-audit --no-fund --loglevel=error
 fi
+
+scripts/venv.sh
