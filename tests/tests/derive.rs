@@ -91,6 +91,33 @@ async fn three_origins_derive_every_view_as_one_origin_does() -> Result<()> {
         ensure!(want == have, "{k}: one origin {want}, three {have}");
     }
     assert_eq!(expected.len(), got.len());
+    // Text queries merge every origin's words: the same answers as one
+    // origin holding them all, for words, prefixes and typos.
+    let words: Vec<&str> = expected
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix("event_search/"))
+        .take(40)
+        .collect();
+    let (w1, w2, w3) = (words[0], words[words.len() / 2], words[words.len() - 1]);
+    let typo: String = w2.chars().rev().collect();
+    let queries = [
+        w1.to_owned(),
+        format!("{w1} {w3}"),
+        w3[..w3.len().min(2)].to_owned(),
+        format!("{w2} {}", &w1[..1]),
+        typo,
+    ];
+    for q in &queries {
+        let path = format!("event_search/_search?q={q}");
+        let want = get_json(&single.origins[0], &path).await?;
+        for o in &cluster.origins {
+            let have = get_json(o, &path).await?;
+            ensure!(
+                want == have,
+                "search {q:?}: one origin {want}, three {have}"
+            );
+        }
+    }
     // Each origin published views of its own only.
     for (i, o) in cluster.origins.iter().enumerate() {
         for k in feed(&o.url()).await?.keys() {

@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::cluster::PeerError;
 use crate::engine::EngineError;
 use crate::storage::StoreError;
-use crate::views::{QueryError, Refusal};
+use crate::views::{QueryError, Refusal, SearchError};
 
 /// Every way an API request fails.
 #[derive(Debug, Error)]
@@ -100,6 +100,18 @@ pub(crate) enum ApiError {
     /// An object could not be encoded (a bug).
     #[error("encoding: {0}")]
     Encode(#[from] EnvelopeError),
+}
+
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> ApiError {
+        match e {
+            SearchError::Query(q) => ApiError::Query(q),
+            SearchError::Unreachable(p) => ApiError::PeerUnavailable(p),
+            SearchError::Garbled => ApiError::InvalidRequest(
+                "another origin's part of the search could not be read".into(),
+            ),
+        }
+    }
 }
 
 impl From<Refusal> for ApiError {

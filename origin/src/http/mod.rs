@@ -209,12 +209,16 @@ pub(crate) fn app(state: AppState) -> Router {
             get(cluster::change_feed).fallback(method_not_allowed_get),
         )
         .route(
-            "/_prefold/derive",
+            crate::views::DERIVE_PATH,
             post(peers::derive_batch).fallback(method_not_allowed_post),
         )
         .route(
             crate::cluster::EXISTS_PATH,
             post(peers::exists).fallback(method_not_allowed_post),
+        )
+        .route(
+            crate::views::SEARCH_PATH,
+            post(peers::search_part).fallback(method_not_allowed_post),
         )
         .fallback(|| async { ApiError::NoRoute })
         .layer(axum::middleware::from_fn_with_state(

@@ -14,7 +14,6 @@ use prefold_core::http::{
     if_none_match, is_json_media_type, is_merge_patch_media_type, DURABILITY_HEADER,
     FAILOVER_HEADER,
 };
-use prefold_core::model::ViewKind;
 use prefold_core::{Key, Preconditions};
 use serde::Serialize;
 use serde_json::Value;
@@ -43,11 +42,14 @@ pub(super) async fn get_object(
         check_cluster(&state, req.headers())?;
         return failover_read(&state, &key, req.method() == axum::http::Method::HEAD).await;
     }
-    settings.ownership.check(&key)?;
+    // A text query merges every origin's words, so any origin answers it.
+    let search = state.0.views.get().is_some_and(|v| v.is_search(&key));
+    if !search {
+        settings.ownership.check(&key)?;
+    }
     if let Some(views) = state.0.views.get() {
         if let Some(view) = views.model().view(key.kind()) {
             let query = req.uri().query();
-            let search = matches!(view.kind, ViewKind::Text(_)) && key.routing_part() == "_search";
             if query.is_some() || search {
                 return view_query(&state, views, &view.kind, &key, query.unwrap_or_default())
                     .await;

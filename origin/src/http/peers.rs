@@ -1,6 +1,6 @@
 //! Calls between origins that the view engine makes: batches of its
-//! messages (`POST /_prefold/derive`) and reference checks (`POST
-//! /_prefold/exists`). Both take a cluster token, and neither is ever
+//! messages (`POST /_prefold/derive`), reference checks (`POST
+//! /_prefold/exists`) and parts of text queries (`POST /_prefold/search`). Both take a cluster token, and neither is ever
 //! forwarded: the sender routed it by its own layout, and a key this
 //! origin does not own is answered 421.
 
@@ -15,7 +15,7 @@ use super::body::read_limited;
 use super::{ApiError, AppState};
 use crate::cluster::link::MAX_BATCH_BYTES;
 use crate::cluster::{ExistsAnswer, ExistsQuery};
-use crate::views::Batch;
+use crate::views::{Batch, Query as ViewQuery, SearchAsk};
 
 /// A batch may run a little past the sender's limit (it stops growing
 /// after the message that crosses it).
@@ -59,4 +59,25 @@ pub(super) async fn exists(
         exists.push(engine.read(key).await?.is_some());
     }
     Ok(axum::Json(ExistsAnswer { exists }).into_response())
+}
+
+/// `POST /_prefold/search`: this origin's part of a text query.
+pub(super) async fn search_part(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_cluster(&state, &headers)?;
+    state.engine()?;
+    let views = state.0.views.get().ok_or(ApiError::NoRoute)?;
+    let body = read_limited(&headers, body, state.0.settings.max_body_bytes).await?;
+    let ask: SearchAsk =
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let part = views
+        .query(ViewQuery::SearchParts {
+            view: ask.view,
+            terms: ask.terms,
+        })
+        .await?;
+    Ok(axum::Json(part).into_response())
 }

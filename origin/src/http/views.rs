@@ -57,11 +57,8 @@ pub(super) async fn view_query(
             }
             let q =
                 p.q.ok_or_else(|| ApiError::InvalidRequest("`_search` needs `q`".into()))?;
-            ViewQuery::Search {
-                view: key.kind().to_owned(),
-                q,
-                limit: p.limit,
-            }
+            let answer = views.search(key.kind(), &q, p.limit).await?;
+            return Ok(no_cache(axum::Json(answer).into_response()));
         }
         ViewKind::Set(_) => {
             let member = p.member.filter(|_| {
@@ -105,10 +102,13 @@ pub(super) async fn view_query(
         }
     };
     let answer = views.query(q).await?;
-    let mut resp = axum::Json(answer).into_response();
+    Ok(no_cache(axum::Json(answer).into_response()))
+}
+
+fn no_cache(mut resp: Response) -> Response {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(resp)
+    resp
 }
 
 /// `POST /o/{counter_view}/{id}?op=increment` with an optional JSON integer

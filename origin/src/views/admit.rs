@@ -52,6 +52,15 @@ impl Views {
         )
     }
 
+    /// Whether `key` is a text view's query (`/o/{text_view}/_search`).
+    pub(crate) fn is_search(&self, key: &Key) -> bool {
+        key.routing_part() == "_search"
+            && matches!(
+                self.model.view(key.kind()).map(|v| &v.kind),
+                Some(ViewKind::Text(_))
+            )
+    }
+
     /// Checks a write against the model before the engine sees it.
     /// References must exist when written (`ref:`; `weakref:` may dangle);
     /// they are checked here, before the write, because another partition

@@ -218,7 +218,10 @@ impl Deriver {
                         Query::Member(t, id) => state
                             .is_member(t, id)
                             .map(|m| serde_json::json!({"id": id, "member": m})),
-                        Query::Search { view, q, limit } => state.search(view, q, *limit),
+                        Query::SearchParts { view, terms } => {
+                            serde_json::to_value(state.search_parts(view, terms))
+                                .map_err(|e| super::QueryError::Unsupported(e.to_string()))
+                        }
                     };
                     let _ = reply.send(answer);
                 }

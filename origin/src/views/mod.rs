@@ -65,15 +65,17 @@ use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use admit::Refusal;
 pub(crate) use counters::Counters;
+use state::TermPart;
 pub(crate) use state::{PageQuery, QueryError};
 
 use crate::base::metrics::{counters, Scrape};
 use crate::base::Tasks;
 use crate::cluster::link::{Delivered, Link};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, PeerError};
 use crate::engine::{Engine, EngineError, Stamp};
 use collector::Collector;
-use courier::{LinkReport, Routed, DERIVE_PATH};
+pub(crate) use courier::DERIVE_PATH;
+use courier::{LinkReport, Routed};
 use deriver::Deriver;
 use node::Out;
 use sweep::Sweep;
@@ -134,14 +136,13 @@ pub(crate) enum Query {
     Page(Key, PageQuery),
     /// Whether an id is in a set target.
     Member(Key, String),
-    /// A text view query.
-    Search {
+    /// This origin's part of a text view query (see
+    /// [`state::ViewState::search_parts`]).
+    SearchParts {
         /// The text view.
         view: String,
-        /// The words.
-        q: String,
-        /// At most this many matches.
-        limit: Option<u32>,
+        /// The normalized terms.
+        terms: Vec<String>,
     },
 }
 
@@ -164,6 +165,33 @@ counters! {
         outbound: gauge("view_outbound", "View engine messages queued for other origins, not yet acknowledged"),
         targets: gauge("view_targets", "Derived objects with state on this origin"),
     }
+}
+
+/// The path origins answer their part of a text query at.
+pub(crate) const SEARCH_PATH: &str = "/_prefold/search";
+
+/// The body of a `POST /_prefold/search`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SearchAsk {
+    /// The text view.
+    pub(crate) view: String,
+    /// The normalized terms.
+    pub(crate) terms: Vec<String>,
+}
+
+/// Why a text query has no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SearchError {
+    /// The query itself is wrong.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// Another origin could not be asked for its part.
+    #[error(transparent)]
+    Unreachable(#[from] PeerError),
+    /// Another origin's part did not parse.
+    #[error("another origin's part of a search did not parse")]
+    Garbled,
 }
 
 /// How the view engine runs.
@@ -299,6 +327,42 @@ impl Views {
             }
         }
         Ok(())
+    }
+
+    /// Answers a text query over the words of every origin: this origin's
+    /// and each other's part, merged. Without an answer from every origin
+    /// there is no answer (a partial one would silently miss matches).
+    pub(crate) async fn search(
+        &self,
+        view: &str,
+        q: &str,
+        limit: Option<u32>,
+    ) -> Result<Value, SearchError> {
+        let (terms, limit) = state::search_terms(&self.model, view, q, limit)?;
+        let local = self.query(Query::SearchParts {
+            view: view.to_owned(),
+            terms: terms.clone(),
+        });
+        let ask = SearchAsk {
+            view: view.to_owned(),
+            terms: terms.clone(),
+        };
+        let body = bytes::Bytes::from(serde_json::to_vec(&ask).unwrap_or_default());
+        let peers = &self.cluster.peers;
+        let remote = futures::future::join_all(
+            self.cluster
+                .membership
+                .peers()
+                .map(|o| peers.post(o, SEARCH_PATH, body.clone())),
+        );
+        let (local, remote) = tokio::join!(local, remote);
+        let mut parts: Vec<Vec<TermPart>> =
+            vec![serde_json::from_value(local?).unwrap_or_default()];
+        for answer in remote {
+            let answer = answer?;
+            parts.push(serde_json::from_slice(&answer).map_err(|_| SearchError::Garbled)?);
+        }
+        Ok(state::merge_search(&terms, limit, parts))
     }
 
     /// Answers a query from view state.

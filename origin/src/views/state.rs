@@ -1068,135 +1068,218 @@ impl ViewState {
 
     /// A bounded AND query over a text view: every term must match a word
     /// exactly, by prefix (the last term, as typed so far) or within a small
-    /// edit distance. Returns matches in key order.
+    /// edit distance. Returns matches in key order. (One origin's answer;
+    /// a cluster merges every origin's [`ViewState::search_parts`].)
+    #[cfg(test)]
     pub(crate) fn search(
         &self,
         view_name: &str,
         q: &str,
         limit: Option<u32>,
     ) -> Result<Value, QueryError> {
-        let Some(ViewKind::Text(tv)) = self.model.view(view_name).map(|v| &v.kind) else {
-            return Err(QueryError::Unsupported(
-                "`_search` applies to text views only".into(),
-            ));
-        };
-        let limit = limit.unwrap_or(tv.page_size);
-        if limit == 0 || limit > tv.page_size {
-            return Err(QueryError::Invalid(format!(
-                "`limit` must be between 1 and {}",
-                tv.page_size
-            )));
-        }
-        let terms: Vec<String> = q
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_ascii_lowercase)
-            .collect();
-        if terms.is_empty() {
-            return Err(QueryError::Invalid("`q` has no words".into()));
-        }
-        if terms.len() > MAX_TERMS {
-            return Err(QueryError::Invalid(format!(
-                "at most {MAX_TERMS} words per query"
-            )));
-        }
-        if let Some(t) = terms.iter().find(|t| t.len() > MAX_WORD) {
-            return Err(QueryError::Invalid(format!(
-                "the word {t:?} is longer than {MAX_WORD}"
-            )));
-        }
+        let (terms, limit) = search_terms(&self.model, view_name, q, limit)?;
+        let parts = self.search_parts(view_name, &terms);
+        Ok(merge_search(&terms, limit, vec![parts]))
+    }
+
+    /// What this origin's words of a text view say about each term: the
+    /// candidates it has (the term itself, the first words it begins, the
+    /// nearest words), and the entities each candidate word lists.
+    pub(crate) fn search_parts(&self, view_name: &str, terms: &[String]) -> Vec<TermPart> {
         let empty = Vocab::default();
         let vocab = self.vocab.get(view_name).unwrap_or(&empty);
-        let mut matched = Map::new();
-        let mut result: Option<BTreeSet<&Key>> = None;
-        for (i, term) in terms.iter().enumerate() {
-            let last = i + 1 == terms.len();
-            let expansions = expand(vocab, term, last);
-            let mut hits: BTreeSet<&Key> = BTreeSet::new();
-            for w in &expansions {
-                if let Some(t) = Key::parse(&format!("{view_name}/{w}"))
-                    .ok()
-                    .and_then(|k| self.targets.get(&k))
-                {
-                    hits.extend(t.members.keys());
-                }
-            }
-            matched.insert(term.clone(), json!(expansions));
-            result = Some(match result {
-                None => hits,
-                Some(r) => r.intersection(&hits).copied().collect(),
-            });
-        }
-        let keys = result.unwrap_or_default();
-        let items: Vec<Value> = keys
+        terms
             .iter()
-            .take(limit as usize)
-            .map(|k| {
-                // Any word target of this entity holds its shown fields.
-                let fields = self
-                    .rev
-                    .get(*k)
-                    .into_iter()
-                    .flatten()
-                    .filter(|t| t.kind() == view_name)
-                    .find_map(|t| self.targets.get(t)?.members.get(*k))
-                    .and_then(|m| match &m.data {
-                        Contribution::Item { fields, .. } => Some(fields.clone()),
-                        _ => None,
-                    })
-                    .unwrap_or_default();
-                let mut o = Map::new();
-                o.insert("id".into(), json!(id_of(k)));
-                o.extend(fields);
-                Value::Object(o)
+            .enumerate()
+            .map(|(i, term)| {
+                let mut part = candidates(vocab, term, i + 1 == terms.len());
+                let words = part
+                    .exact
+                    .iter()
+                    .chain(&part.prefix)
+                    .chain(part.fuzzy.iter().map(|(_, w)| w));
+                for w in words {
+                    let Some(t) = Key::parse(&format!("{view_name}/{w}"))
+                        .ok()
+                        .and_then(|k| self.targets.get(&k))
+                    else {
+                        continue;
+                    };
+                    let hits = t
+                        .members
+                        .iter()
+                        .map(|(k, m)| {
+                            let fields = match &m.data {
+                                Contribution::Item { fields, .. } => fields.clone(),
+                                _ => Map::new(),
+                            };
+                            (k.to_string(), fields)
+                        })
+                        .collect();
+                    part.hits.insert(w.clone(), hits);
+                }
+                part
             })
-            .collect();
-        Ok(json!({"count": keys.len(), "items": items, "matched": matched}))
+            .collect()
     }
 }
 
-/// The words a query term stands for: itself if known, words it begins (the
-/// last term), or near misses by edit distance.
-fn expand(vocab: &Vocab, term: &str, last: bool) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+/// One origin's candidates for one search term.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct TermPart {
+    /// The term, if it is a word here.
+    #[serde(default)]
+    exact: Option<String>,
+    /// The first words here that the (last) term begins, in order.
+    #[serde(default)]
+    prefix: Vec<String>,
+    /// The nearest words here by edit distance, with it, nearest first
+    /// (only where nothing here matches exactly or by prefix).
+    #[serde(default)]
+    fuzzy: Vec<(usize, String)>,
+    /// Each candidate word's entities here, with their shown fields.
+    #[serde(default)]
+    hits: BTreeMap<String, Vec<Hit>>,
+}
+
+/// An entity a word lists: its key and the fields the text view shows.
+type Hit = (String, Map<String, Value>);
+
+/// Checks a text query: the view, the limit and the words. Returns the
+/// normalized terms and the limit.
+pub(crate) fn search_terms(
+    model: &Model,
+    view_name: &str,
+    q: &str,
+    limit: Option<u32>,
+) -> Result<(Vec<String>, u32), QueryError> {
+    let Some(ViewKind::Text(tv)) = model.view(view_name).map(|v| &v.kind) else {
+        return Err(QueryError::Unsupported(
+            "`_search` applies to text views only".into(),
+        ));
+    };
+    let limit = limit.unwrap_or(tv.page_size);
+    if limit == 0 || limit > tv.page_size {
+        return Err(QueryError::Invalid(format!(
+            "`limit` must be between 1 and {}",
+            tv.page_size
+        )));
+    }
+    let terms: Vec<String> = q
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if terms.is_empty() {
+        return Err(QueryError::Invalid("`q` has no words".into()));
+    }
+    if terms.len() > MAX_TERMS {
+        return Err(QueryError::Invalid(format!(
+            "at most {MAX_TERMS} words per query"
+        )));
+    }
+    if let Some(t) = terms.iter().find(|t| t.len() > MAX_WORD) {
+        return Err(QueryError::Invalid(format!(
+            "the word {t:?} is longer than {MAX_WORD}"
+        )));
+    }
+    Ok((terms, limit))
+}
+
+/// The answer to a text query from every origin's parts (one list of
+/// [`TermPart`]s per origin, one part per term): each term expands as it
+/// would over all the origins' words together, and the entities every
+/// term matches are the answer.
+pub(crate) fn merge_search(terms: &[String], limit: u32, parts: Vec<Vec<TermPart>>) -> Value {
+    let mut matched = Map::new();
+    let mut result: Option<BTreeSet<String>> = None;
+    let mut fields: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (i, term) in terms.iter().enumerate() {
+        let of_term: Vec<&TermPart> = parts.iter().filter_map(|p| p.get(i)).collect();
+        let mut expansions: Vec<String> = Vec::new();
+        if of_term.iter().any(|p| p.exact.is_some()) {
+            expansions.push(term.clone());
+        }
+        let prefix: BTreeSet<&String> = of_term.iter().flat_map(|p| &p.prefix).collect();
+        expansions.extend(prefix.into_iter().take(MAX_EXPANSIONS).cloned());
+        if expansions.is_empty() {
+            let fuzzy: BTreeSet<&(usize, String)> = of_term.iter().flat_map(|p| &p.fuzzy).collect();
+            expansions.extend(
+                fuzzy
+                    .into_iter()
+                    .take(MAX_EXPANSIONS)
+                    .map(|(_, w)| w.clone()),
+            );
+        }
+        expansions.truncate(MAX_EXPANSIONS);
+        let mut hits: BTreeSet<String> = BTreeSet::new();
+        for w in &expansions {
+            for p in &of_term {
+                for (k, f) in p.hits.get(w).into_iter().flatten() {
+                    hits.insert(k.clone());
+                    fields.entry(k.clone()).or_insert_with(|| f.clone());
+                }
+            }
+        }
+        matched.insert(term.clone(), json!(expansions));
+        result = Some(match result {
+            None => hits,
+            Some(r) => r.intersection(&hits).cloned().collect(),
+        });
+    }
+    let keys = result.unwrap_or_default();
+    let items: Vec<Value> = keys
+        .iter()
+        .take(limit as usize)
+        .map(|k| {
+            let mut o = Map::new();
+            o.insert(
+                "id".into(),
+                json!(k.split_once('/').map_or("", |(_, id)| id)),
+            );
+            o.extend(fields.get(k).cloned().unwrap_or_default());
+            Value::Object(o)
+        })
+        .collect();
+    json!({"count": keys.len(), "items": items, "matched": matched})
+}
+
+/// One origin's candidates for a term: the term itself if known, the first
+/// words it begins (the last term), and, when neither, the nearest words.
+fn candidates(vocab: &Vocab, term: &str, last: bool) -> TermPart {
+    let mut part = TermPart::default();
     if vocab.words.contains(term) {
-        out.push(term.to_owned());
+        part.exact = Some(term.to_owned());
     }
     if last {
-        out.extend(
-            vocab
-                .words
-                .range::<str, _>((Bound::Excluded(term), Bound::Unbounded))
-                .take_while(|w| w.starts_with(term))
-                .take(MAX_EXPANSIONS)
-                .cloned(),
-        );
+        part.prefix = vocab
+            .words
+            .range::<str, _>((Bound::Excluded(term), Bound::Unbounded))
+            .take_while(|w| w.starts_with(term))
+            .take(MAX_EXPANSIONS)
+            .cloned()
+            .collect();
     }
-    if out.is_empty() {
+    if part.exact.is_none() && part.prefix.is_empty() {
         // Fuzzy: candidates share a bigram; accept one edit (a
         // transposition counts as one) for short words, two for long ones.
         let max = if term.len() <= 5 { 1 } else { 2 };
-        let mut candidates: BTreeSet<&String> = BTreeSet::new();
+        let mut near: BTreeSet<&String> = BTreeSet::new();
         for g in grams(term) {
             if let Some(ws) = vocab.grams.get(&g) {
-                candidates.extend(ws);
+                near.extend(ws);
             }
         }
-        let mut scored: Vec<(usize, &String)> = candidates
+        let mut scored: Vec<(usize, String)> = near
             .into_iter()
-            .map(|w| (strsim::osa_distance(term, w), w))
+            .map(|w| (strsim::osa_distance(term, w), w.clone()))
             .filter(|(d, _)| *d <= max)
             .collect();
         scored.sort();
-        out.extend(
-            scored
-                .into_iter()
-                .take(MAX_EXPANSIONS)
-                .map(|(_, w)| w.clone()),
-        );
+        scored.truncate(MAX_EXPANSIONS);
+        part.fuzzy = scored;
     }
-    out.truncate(MAX_EXPANSIONS);
-    out
+    part
 }
 
 /// An embed target's own entity's fields and its references.
