@@ -15,9 +15,11 @@ export WRANGLER_SEND_METRICS := false
 .PHONY: run test tools edge deploy-check deploy-validate lint unit wasm e2e bench bench-full bench-prep
 
 ## make run: origin on 127.0.0.1:8080 (embedded store in ./data), edge under
-## wrangler dev on 127.0.0.1:8787. Ctrl-C stops both cleanly.
+## wrangler dev on 127.0.0.1:8787. Ctrl-C stops both cleanly. `make run
+## ORIGINS=3`: three origins (8080, 8081, 8082) over the one store.
+ORIGINS ?= 1
 run: tools
-	scripts/run.sh
+	ORIGINS=$(ORIGINS) scripts/run.sh
 
 ## make test: everything CI runs.
 test: tools lint unit wasm edge deploy-check deploy-validate e2e
