@@ -15,6 +15,9 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 pub const VERSION_HEADER: &str = "x-prefold-version";
 /// The response header naming the origin that owns a misdirected key.
 pub const OWNER_HEADER: &str = "x-prefold-owner";
+/// The loop guard on a request one origin forwarded to a key's owner: the
+/// forwarding origin's name. A request carrying it is never forwarded again.
+pub const FORWARDED_BY_HEADER: &str = "x-prefold-forwarded-by";
 /// The response header saying where the edge found an answer (`kv`, `origin`).
 pub const SOURCE_HEADER: &str = "x-prefold-source";
 

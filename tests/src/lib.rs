@@ -315,6 +315,21 @@ impl OriginProc {
         })
     }
 
+    /// Starts origin `name` of the origin list `list` on `port` (the port
+    /// the list gives it), with `data` as its data directory.
+    pub async fn start_member(
+        data: &Path,
+        list: &str,
+        name: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<OriginProc> {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["--listen", &listen, "--origins", list, "--name", name];
+        args.extend_from_slice(extra);
+        OriginProc::start(data, &args).await
+    }
+
     /// Kills the process with SIGKILL (no drain, no flush) and waits for it.
     pub async fn kill9(mut self) -> Result<()> {
         self.kill().await
@@ -473,6 +488,30 @@ impl Drop for EdgeProc {
     }
 }
 
+/// The first key `page/k{i}` that origin `name` owns in the origin list
+/// `list`.
+pub fn key_owned_by(list: &str, name: &str) -> Result<String> {
+    let origins = prefold_core::OriginList::parse(list)?;
+    (0..10_000)
+        .map(|i| format!("page/k{i}"))
+        .find(|k| prefold_core::Key::parse(k).is_ok_and(|key| origins.owner(&key).name == name))
+        .with_context(|| format!("no key of {name} in {list}"))
+}
+
+/// A loopback listener that takes connections and never answers (an
+/// origin that hangs); aborting the task closes them.
+pub async fn silent_listener() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = silent.local_addr()?;
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    Ok((addr, held))
+}
+
 /// A response to a [`raw`] request.
 #[derive(Debug)]
 pub struct RawResponse {
@@ -494,6 +533,32 @@ impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+}
+
+/// Asserts that `r` is an RFC 9457 problem body of `status` and `slug`;
+/// `ctx` names the request in the failure message.
+pub fn assert_problem(r: &RawResponse, status: u16, slug: &str, ctx: &str) {
+    assert_eq!(r.status.as_u16(), status, "{ctx}: {:?}", r.body);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{ctx}"
+    );
+    let p = r.json();
+    assert_eq!(p["status"], status, "{ctx}");
+    assert_eq!(p["type"], format!("urn:prefold:problem:{slug}"), "{ctx}");
+    assert!(p["title"].is_string(), "{ctx}");
+}
+
+/// [`raw_with`] to an origin, with a text body.
+pub async fn send(
+    o: &OriginProc,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<RawResponse> {
+    raw_with(o.addr, method, path, headers, body.as_bytes()).await
 }
 
 /// Sends one HTTP/1.1 request with `path` on the wire byte for byte.

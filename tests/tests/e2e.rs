@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use prefold_core::routing::OriginList;
 use prefold_core::Key;
-use prefold_e2e::{client, files_under, poll, raw, EdgeProc, OriginProc};
+use prefold_e2e::{assert_problem, client, files_under, poll, raw, EdgeProc, OriginProc};
 use serde_json::{json, Value};
 
 const JSON: &str = "application/json";
@@ -180,19 +180,6 @@ const BAD_KEYS: &[(&str, &str)] = &[
     ("/o/user/a*b", "reserved character"),
 ];
 
-fn assert_problem(r: &prefold_e2e::RawResponse, status: u16, slug: &str, ctx: &str) {
-    assert_eq!(r.status.as_u16(), status, "{ctx}: {:?}", r.body);
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/problem+json"),
-        "{ctx}"
-    );
-    let p = r.json();
-    assert_eq!(p["status"], status, "{ctx}");
-    assert_eq!(p["type"], format!("urn:prefold:problem:{slug}"), "{ctx}");
-    assert!(p["title"].is_string(), "{ctx}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_precise_problems_from_edge_and_origin_and_write_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -301,14 +288,7 @@ async fn the_wasm_edge_routes_exactly_like_the_native_code() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_that_never_answers_costs_the_timeout_not_a_hang() -> Result<()> {
     // Accepts connections and reads requests, but never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = silent.local_addr()?;
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((conn, _)) = silent.accept().await {
-            open.push(conn);
-        }
-    });
+    let (addr, held) = prefold_e2e::silent_listener().await?;
     let edge = EdgeProc::start(
         &format!("origin-1=http://{addr}"),
         &[("PREFOLD_ORIGIN_TIMEOUT_MS", "300")],

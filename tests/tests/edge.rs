@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use prefold_e2e::{
-    bare_client, client, free_port, poll, raw_with, stored_objects, token_with, EdgeProc,
-    OriginProc, CLUSTER_SECRET, TOKEN_SECRET,
+    bare_client, client, free_port, key_owned_by, poll, raw_with, stored_objects, token_with,
+    EdgeProc, OriginProc, CLUSTER_SECRET, TOKEN_SECRET,
 };
 use reqwest::Response;
 use serde_json::{json, Value};
@@ -411,33 +411,15 @@ async fn origin_failures_fall_back_to_the_next_origin_then_the_stale_copy_then_5
     let dir = tempfile::tempdir()?;
     let (pa, pb) = (free_port(), free_port());
     let list = format!("a=http://127.0.0.1:{pa},b=http://127.0.0.1:{pb}");
-    let routes = prefold_core::OriginList::parse(&list)?;
     // A key owned by `a`, so `b` is its failover.
-    let key = (0..)
-        .map(|i| format!("page/k{i}"))
-        .find(|k| routes.owner(&prefold_core::Key::parse(k).unwrap()).name == "a")
-        .unwrap();
+    let key = key_owned_by(&list, "a")?;
     let data = dir.path().join("shared");
     let start = |name: &'static str, port: u16| {
         let (list, data) = (list.clone(), data.clone());
         let wal = dir.path().join(format!("wal-{name}"));
         async move {
-            let port = port.to_string();
-            let listen = format!("127.0.0.1:{port}");
-            OriginProc::start(
-                &data,
-                &[
-                    "--listen",
-                    &listen,
-                    "--origins",
-                    &list,
-                    "--name",
-                    name,
-                    "--wal-dir",
-                    wal.to_str().unwrap(),
-                ],
-            )
-            .await
+            let wal = ["--wal-dir", wal.to_str().unwrap()];
+            OriginProc::start_member(&data, &list, name, port, &wal).await
         }
     };
     let a = start("a", pa).await?;
@@ -499,6 +481,71 @@ async fn origin_failures_fall_back_to_the_next_origin_then_the_stale_copy_then_5
         "urn:prefold:problem:origin-unavailable"
     );
     assert!(started.elapsed() < Duration::from_secs(20));
+    Ok(())
+}
+
+/// An edge whose origin list is behind the cluster's: it knows only `a`,
+/// while `a` and `b` share the keys. Writes and reads of `b`'s keys through
+/// the edge reach `b` by `a`'s forwarding, and the writer still reads its
+/// own writes while KV is behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_with_a_stale_origin_list_reaches_the_owner_through_forwarding() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (pa, pb) = (free_port(), free_port());
+    let list = format!("a=http://127.0.0.1:{pa},b=http://127.0.0.1:{pb}");
+    let key = key_owned_by(&list, "b")?;
+    let a = OriginProc::start_member(&dir.path().join("a"), &list, "a", pa, &[]).await?;
+    let b = OriginProc::start_member(&dir.path().join("b"), &list, "b", pb, &[]).await?;
+    let edge = EdgeProc::start(&format!("a=http://127.0.0.1:{pa}"), &[]).await?;
+    let url = format!("{}/o/{key}", edge.url());
+
+    // The write lands at the owner, which the edge does not know.
+    let v1 = put(&url, &json!({"n": 1})).await?;
+    let at_owner = get(&format!("{}/o/{key}", b.url()), &[]).await?;
+    assert_eq!(version(&at_owner), v1);
+    assert_eq!(a.metric("prefold_wal_records_total").await?, 0.0);
+    // A read misses KV, is answered by the owner through `a`, and fills KV.
+    let r = get(&url, &[]).await?;
+    assert_eq!(r.status(), 200, "{}", edge.log_tail());
+    assert_eq!(
+        (header(&r, "x-prefold-source"), version(&r)),
+        ("origin".into(), v1)
+    );
+    assert_eq!(r.json::<Value>().await?, json!({"n": 1}));
+    kv_has(&url, v1).await?;
+
+    // Read-your-writes: the fence comes from the owner's version, relayed.
+    let w = client().put(&url).json(&json!({"n": 2})).send().await?;
+    assert_eq!(w.status(), 200);
+    let v2 = version(&w);
+    assert!(v2 > v1);
+    let cookie = header(&w, "set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let theirs = get(&url, &[]).await?;
+    assert_eq!(
+        (header(&theirs, "x-prefold-source"), version(&theirs)),
+        ("kv".into(), v1)
+    );
+    let mine = get(&url, &[("cookie", &cookie)]).await?;
+    assert_eq!(
+        (header(&mine, "x-prefold-source"), version(&mine)),
+        ("origin".into(), v2)
+    );
+    assert_eq!(mine.json::<Value>().await?, json!({"n": 2}));
+    // The owner's refusals come back as they are.
+    let stale = client()
+        .put(&url)
+        .header("if-match", prefold_core::http::etag(v1))
+        .json(&json!({"n": 3}))
+        .send()
+        .await?;
+    assert_eq!(stale.status(), 412);
+    assert_eq!(header(&stale, "content-type"), "application/problem+json");
+    assert!(a.metric("prefold_forwarded_requests_total").await? >= 5.0);
+    assert_eq!(b.metric("prefold_forwarded_requests_total").await?, 0.0);
     Ok(())
 }
 

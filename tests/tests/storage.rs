@@ -15,35 +15,11 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use prefold_core::{Key, OriginList};
-use prefold_e2e::{client, poll, raw_with, stored_objects, OriginProc, RawResponse};
+use prefold_e2e::{assert_problem, client, poll, send, stored_objects, OriginProc};
 use serde_json::{json, Value};
 
 const JSON: &str = "application/json";
 const MERGE: &str = "application/merge-patch+json";
-
-async fn send(
-    o: &OriginProc,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Result<RawResponse> {
-    raw_with(o.addr, method, path, headers, body.as_bytes()).await
-}
-
-fn problem(r: &RawResponse, status: u16, slug: &str, ctx: &str) {
-    assert_eq!(r.status.as_u16(), status, "{ctx}: {:?}", r.body);
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/problem+json"),
-        "{ctx}"
-    );
-    assert_eq!(
-        r.json()["type"],
-        format!("urn:prefold:problem:{slug}"),
-        "{ctx}"
-    );
-}
 
 /// Rewrites a fault control file atomically (write, then rename): the
 /// origin re-reads it on every store operation and must never see it half
@@ -111,7 +87,7 @@ async fn operations_preconditions_and_durability_over_http() -> Result<()> {
         r#"{"title":"stale"}"#,
     )
     .await?;
-    problem(&r, 412, "precondition-failed", "stale If-Match");
+    assert_problem(&r, 412, "precondition-failed", "stale If-Match");
     // If-None-Match: * only creates.
     let r = send(
         &o,
@@ -121,7 +97,7 @@ async fn operations_preconditions_and_durability_over_http() -> Result<()> {
         "{}",
     )
     .await?;
-    problem(
+    assert_problem(
         &r,
         412,
         "precondition-failed",
@@ -178,13 +154,13 @@ async fn operations_preconditions_and_durability_over_http() -> Result<()> {
     assert_eq!(r.json()["deleted"], true);
     assert_eq!(r.header("x-prefold-durability"), Some("memory"));
     let r = send(&o, "GET", "/o/event/1", &[], "").await?;
-    problem(&r, 404, "not-found", "deleted");
+    assert_problem(&r, 404, "not-found", "deleted");
     let r = send(&o, "DELETE", "/o/event/1", &[], "").await?;
-    problem(&r, 404, "not-found", "deleted twice");
+    assert_problem(&r, 404, "not-found", "deleted twice");
 
     // A type that requires preconditions.
     let r = send(&o, "PUT", "/o/account/1", &[("content-type", JSON)], "{}").await?;
-    problem(
+    assert_problem(
         &r,
         428,
         "precondition-required",
@@ -214,7 +190,7 @@ async fn operations_preconditions_and_durability_over_http() -> Result<()> {
     assert!(o.stop().await?.success());
     let o = OriginProc::start(dir.path(), &[]).await?;
     let r = send(&o, "GET", "/o/event/1", &[], "").await?;
-    problem(&r, 404, "not-found", "deleted, after restart");
+    assert_problem(&r, 404, "not-found", "deleted, after restart");
     let r = send(&o, "GET", "/o/event/2", &[], "").await?;
     assert_eq!(r.json()["comments"].as_array().map(Vec::len), Some(3));
     Ok(())
@@ -570,11 +546,11 @@ async fn warm_load_makes_reads_deterministic_and_respects_ownership() -> Result<
     )
     .await?;
     let r = send(&o, "GET", "/readyz", &[], "").await?;
-    problem(&r, 503, "not-ready", "while the store cannot be listed");
+    assert_problem(&r, 503, "not-ready", "while the store cannot be listed");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(send(&o, "GET", "/healthz", &[], "").await?.status, 200);
     let r = send(&o, "GET", "/o/item/1", &[], "").await?;
-    problem(&r, 503, "not-ready", "objects before ready");
+    assert_problem(&r, 503, "not-ready", "objects before ready");
     set_faults(&control, "")?;
     o.wait_ready().await?;
     let m = o.metrics().await?;
@@ -606,8 +582,10 @@ async fn warm_load_makes_reads_deterministic_and_respects_ownership() -> Result<
     assert!(owned > 0 && owned < keys.len());
     let o = OriginProc::start(dir.path(), &["--origins", list, "--name", "b"]).await?;
     assert_eq!(o.metric("prefold_warm_objects").await?, owned as f64);
-    // A key another origin owns is refused with its owner named, for reads
-    // and writes alike, and nothing is written.
+    // A key another origin owns is never served or written here, for reads
+    // and writes alike: the request is forwarded to the owner (down here:
+    // 503), or refused with the owner named (421) when it was forwarded
+    // already.
     let foreign = keys
         .iter()
         .find(|k| origins.owner(&Key::parse(k).unwrap()).name != "b")
@@ -618,9 +596,14 @@ async fn warm_load_makes_reads_deterministic_and_respects_ownership() -> Result<
         ("PUT", Some(JSON), "1"),
         ("DELETE", None, ""),
     ] {
-        let headers: Vec<(&str, &str)> = ct.map(|c| ("content-type", c)).into_iter().collect();
+        let ctx = format!("{method} {foreign}");
+        let mut headers: Vec<(&str, &str)> = ct.map(|c| ("content-type", c)).into_iter().collect();
         let r = send(&o, method, &format!("/o/{foreign}"), &headers, body).await?;
-        problem(&r, 421, "misdirected", &format!("{method} {foreign}"));
+        assert_problem(&r, 503, "origin-unavailable", &ctx);
+        assert_eq!(r.header("retry-after"), Some("1"), "{ctx}");
+        headers.push(("x-prefold-forwarded-by", "c"));
+        let r = send(&o, method, &format!("/o/{foreign}"), &headers, body).await?;
+        assert_problem(&r, 421, "misdirected", &format!("{ctx}, forwarded"));
         assert_eq!(r.header("x-prefold-owner"), Some(owner.as_str()));
     }
     assert_eq!(o.metric("prefold_wal_records_total").await?, 0.0);

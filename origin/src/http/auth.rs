@@ -15,7 +15,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The key of a write, once its token allows it here: the key must parse
 /// (400), the token must be valid and cover the key (401/403), and this
-/// origin must own it (421). Nothing of the body has been read yet.
+/// origin must own it (421: a write of another origin's key gets here only
+/// when it was forwarded already). Nothing of the body has been read yet.
 pub(super) fn write_key(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Key, ApiError> {
     let key = key_of(uri)?;
     let settings = &state.0.settings;

@@ -1,7 +1,8 @@
-//! The cluster's surface: key ownership (a key another origin owns is
-//! refused with 421 and the owner's name), the change feed the edge pulls,
-//! and failover reads (a read the edge sent here because the key's owner
-//! failed).
+//! The cluster's surface: key ownership (a request for a key another
+//! origin owns is forwarded to it, see [`super::forward`], or refused with
+//! 421 and the owner's name when it was forwarded already), the change feed
+//! the edge pulls, and failover reads (a read the edge sent here because
+//! the key's owner failed).
 
 use std::sync::atomic::Ordering;
 
@@ -43,13 +44,21 @@ impl Ownership {
         }
     }
 
+    /// This origin's name in the origin list, if it has one.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
     /// Whether this origin owns a key.
     pub(crate) fn owns(&self, key: &Key) -> bool {
         self.other_owner(key).is_none()
     }
 
     /// Refuses a key another origin owns: answering it here would serve a
-    /// stale or empty copy, or write beside the owner (every key has exactly one owner).
+    /// stale or empty copy, or write beside the owner (every key has exactly
+    /// one owner). Requests for such keys are forwarded before they get
+    /// here; the ones that do get here were forwarded once already, so this
+    /// origin and the one that sent them disagree about the owner.
     pub(super) fn check(&self, key: &Key) -> Result<(), ApiError> {
         match self.other_owner(key) {
             Some(owner) => Err(ApiError::NotOwner {

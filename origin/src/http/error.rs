@@ -77,6 +77,18 @@ pub(crate) enum ApiError {
         /// The owner's URL.
         url: String,
     },
+    /// The key's owner, to which the request was forwarded, could not be
+    /// reached or did not answer in time.
+    #[error("forwarding to origin {owner}: {reason}")]
+    OwnerUnreachable {
+        /// The owner's name.
+        owner: String,
+        /// Whether the request may have reached it (not a connect failure),
+        /// so that a write may have been applied.
+        sent: bool,
+        /// What failed, for the log only.
+        reason: String,
+    },
     /// Writes of this key type must carry a precondition.
     #[error("writes to `{0}/…` need If-Match or If-None-Match")]
     PreconditionRequired(String),
@@ -153,6 +165,15 @@ impl IntoResponse for ApiError {
                 (ProblemKind::InvalidPrecondition, Some(e.to_string()))
             }
             ApiError::NotOwner { .. } => (ProblemKind::Misdirected, Some(self.to_string())),
+            ApiError::OwnerUnreachable { owner, sent, .. } => {
+                tracing::warn!(error = %self, "a forwarded request failed");
+                let detail = if *sent {
+                    format!("origin {owner}, which owns this key, did not answer (a write may have been applied); retry later")
+                } else {
+                    format!("origin {owner}, which owns this key, could not be reached; retry later")
+                };
+                (ProblemKind::OriginUnavailable, Some(detail))
+            }
             ApiError::Auth(e @ AuthError::Scope(_)) => (ProblemKind::Forbidden, Some(e.to_string())),
             ApiError::Auth(e) => (ProblemKind::Unauthorized, Some(e.to_string())),
             ApiError::Engine(EngineError::ResultTooLarge { .. }) => {
@@ -221,6 +242,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::NotReady
             | ApiError::PeerUnavailable(_)
+            | ApiError::OwnerUnreachable { .. }
             | ApiError::Engine(EngineError::Overloaded | EngineError::Store(_)) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

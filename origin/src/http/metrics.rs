@@ -26,6 +26,7 @@ pub(super) fn render(state: &AppState) -> String {
         wal.report(&mut s);
     }
     i.changes.report(&mut s);
+    i.forwarder.report(&mut s);
     if let Some(views) = i.views.get() {
         views.report(&mut s);
     }

@@ -5,7 +5,9 @@
 //! - [`views`]: view reads that view state answers (pages, ranges, text
 //!   queries, set membership) and counter increments, at `/o/{view}/{id}`;
 //! - [`cluster`]: the cluster's own calls (the change feed for the edge,
-//!   failover reads) and key ownership (421 for a key another origin owns);
+//!   failover reads) and key ownership;
+//! - [`forward`]: a request for a key another origin owns, sent on to the
+//!   owner (one hop) and its answer relayed;
 //! - [`auth`]: write tokens and cluster tokens;
 //! - [`body`]: reading request bodies within the limit, media types;
 //! - [`metrics`]: `/metrics`, assembled from every layer's report;
@@ -27,6 +29,7 @@ mod auth;
 mod body;
 mod cluster;
 mod error;
+mod forward;
 mod metrics;
 mod objects;
 mod peers;
@@ -53,6 +56,7 @@ use crate::engine::{Engine, HotTier};
 use crate::publication::ChangeIndex;
 use crate::storage::{Backlog, FlushStats, Wal};
 use crate::views::Views;
+use forward::Forwarder;
 
 /// What the HTTP layer needs to know from the configuration.
 #[derive(Debug, Clone)]
@@ -69,7 +73,8 @@ pub(crate) struct HttpSettings {
     pub(crate) cluster_secret: Option<Secret>,
     /// Which keys this origin owns.
     pub(crate) ownership: Ownership,
-    /// Longest wait for the store in a failover read.
+    /// Longest wait for the store in a failover read (forwarding derives
+    /// its timeout from it).
     pub(crate) store_timeout: Duration,
     /// The change feed lists only changes older than this.
     pub(crate) feed_horizon: Duration,
@@ -110,6 +115,8 @@ pub(crate) struct Inner {
     pub(crate) changes: Arc<ChangeIndex>,
     /// The object store (failover reads go straight to it).
     store: Arc<dyn ObjectStore>,
+    /// Sends requests for other origins' keys to their owners.
+    forwarder: Forwarder,
     settings: HttpSettings,
     ready: AtomicBool,
     /// Writes acknowledged, by [`OpKind::index`].
@@ -148,6 +155,7 @@ impl AppState {
             warm_progress: AtomicU64::new(0),
             changes,
             store,
+            forwarder: Forwarder::new(&settings),
             settings,
             ready: AtomicBool::new(false),
             writes: Default::default(),
@@ -191,6 +199,10 @@ pub(crate) fn app(state: AppState) -> Router {
             .delete(objects::delete_object)
             .post(objects::post_object)
             .fallback(method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                forward::to_owner,
+            ))
     };
     Router::new()
         .route("/o/{*key}", objects())

@@ -5,6 +5,9 @@
 //! token, owner (before the body is read), media type, size, JSON,
 //! preconditions, durability, required preconditions, the model — and only
 //! then reaches the engine, so a refused write changes nothing.
+//!
+//! A request for a key another origin owns does not get here: it is
+//! forwarded to the owner (see [`super::forward`]), which checks it.
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
