@@ -175,7 +175,7 @@ impl Server {
     ///    at most the shutdown timeout: a stalled client must not keep the
     ///    flusher from storing what was acknowledged);
     /// 2. let the view engine derive and materialize what those requests
-    ///    caused;
+    ///    caused (what it sends other origins drains with step 3);
     /// 3. stop the view engine and the pusher (the counter folder folds its
     ///    last sums into the engine on the way out; what the pusher had not
     ///    sent, the edge's scheduled pull carries);
@@ -257,7 +257,7 @@ async fn drain_in_order(state: &AppState, started: Started, log: Tasks, drain: D
     // 2. Let the view engine settle.
     if let (Some(views), Some(_)) = (state.inner().views.get(), &started.views) {
         tracing::info!("requests finished; deriving what they changed");
-        if !views.settle(drain).await {
+        if !views.settle_here(drain).await {
             tracing::warn!("view derivation did not settle before the shutdown timeout");
         }
     }

@@ -376,8 +376,17 @@ impl Views {
     /// Waits until every message sent so far, and everything it caused, is
     /// handled and materialized, and what it sent other origins has reached
     /// them (or `timeout` passes; returns whether settled).
+    #[cfg(test)]
     pub(crate) async fn settle(&self, timeout: Duration) -> bool {
         self.settle_until(timeout, true).await
+    }
+
+    /// [`Views::settle`] on this origin only: what is queued for other
+    /// origins is left to the links, which keep sending it until their own
+    /// drain deadline (shutdown does not wait twice for an origin that is
+    /// down).
+    pub(crate) async fn settle_here(&self, timeout: Duration) -> bool {
+        self.settle_until(timeout, false).await
     }
 
     /// [`Views::settle`], waiting for messages to other origins only with
@@ -467,7 +476,7 @@ impl Views {
             courier.resync(&peer);
         }
         let (entities, views) = self.visit_all(&engine, false).await?;
-        if !self.settle_until(Duration::from_secs(3600), false).await {
+        if !self.settle_here(Duration::from_secs(3600)).await {
             tracing::warn!("the view rebuild did not settle");
         }
         if entities > 0 || views > 0 {
