@@ -21,18 +21,28 @@ use crate::views::{Batch, Query as ViewQuery, SearchAsk};
 /// after the message that crosses it).
 const MAX_BODY: u32 = 4 * MAX_BATCH_BYTES as u32;
 
+/// A cluster call's JSON body: the token is checked first, then at most
+/// `limit` bytes are read and parsed.
+async fn cluster_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: u32,
+) -> Result<T, ApiError> {
+    check_cluster(state, headers)?;
+    let body = read_limited(headers, body, limit).await?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))
+}
+
 /// `POST /_prefold/derive`: queues another origin's view engine messages.
 pub(super) async fn derive_batch(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_cluster(&state, &headers)?;
+    let batch: Batch = cluster_json(&state, &headers, body, MAX_BODY).await?;
     let engine = state.engine()?;
     let views = state.0.views.get().ok_or(ApiError::NoRoute)?;
-    let body = read_limited(&headers, body, MAX_BODY).await?;
-    let batch: Batch =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     views.receive(engine, batch).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -43,11 +53,9 @@ pub(super) async fn exists(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_cluster(&state, &headers)?;
+    let limit = state.0.settings.max_body_bytes;
+    let q: ExistsQuery = cluster_json(&state, &headers, body, limit).await?;
     let engine = state.engine()?;
-    let body = read_limited(&headers, body, state.0.settings.max_body_bytes).await?;
-    let q: ExistsQuery =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let mut keys = Vec::with_capacity(q.keys.len());
     for k in &q.keys {
         let key = Key::parse(k)?;
@@ -67,12 +75,10 @@ pub(super) async fn search_part(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_cluster(&state, &headers)?;
+    let limit = state.0.settings.max_body_bytes;
+    let ask: SearchAsk = cluster_json(&state, &headers, body, limit).await?;
     state.engine()?;
     let views = state.0.views.get().ok_or(ApiError::NoRoute)?;
-    let body = read_limited(&headers, body, state.0.settings.max_body_bytes).await?;
-    let ask: SearchAsk =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let part = views
         .query(ViewQuery::SearchParts {
             view: ask.view,
